@@ -1,0 +1,282 @@
+"""Keras-named Flax Linen layers on :mod:`minicnn.ops`.
+
+Each layer is called as ``layer(x, train=False)``. Parameter leaves are ``kernel``/``bias``
+(``gamma``/``beta`` for batch norm) under the layer's name; batch-norm moving statistics live in
+the ``batch_stats`` collection as ``moving_mean``/``moving_variance``. Defaults are Keras':
+Glorot-uniform kernels, zero biases, batch norm momentum 0.99 and epsilon 1e-3.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from minicnn import ops
+
+Initializer = Callable[..., jax.Array]
+Activation = str | Callable | None
+
+glorot_uniform = nn.initializers.glorot_uniform()
+zeros = nn.initializers.zeros
+ones = nn.initializers.ones
+
+__all__ = [
+    "Conv2D", "DepthwiseConv2D", "Dense", "BatchNormalization", "Dropout", "Flatten", "Activation",
+    "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+    "Sequential", "keras_name", "from_array",
+]
+
+
+def keras_name(cls_name: str) -> str:
+    """Keras' default layer name for a class: ``MaxPooling2D -> max_pooling2d``, ``VGG16 -> vgg16``."""
+    name = re.sub(r"\W+", "", cls_name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def from_array(value, where: str) -> Initializer:
+    """An initialiser that returns ``value`` (a pretrained array), checking the requested shape.
+
+    ``where`` names the layer and leaf for the error message, e.g. ``"block1_conv1/kernel"``.
+    """
+    value = jnp.asarray(value)
+
+    def init(key, shape, dtype=jnp.float32):
+        if tuple(shape) != tuple(value.shape):
+            raise ValueError(f"pretrained weight {where}: expected shape {tuple(shape)}, "
+                             f"got {tuple(value.shape)}")
+        return value.astype(dtype)
+
+    return init
+
+
+def _activate(activation: Activation, y):
+    fn = ops.get_activation(activation)
+    return y if fn is None else fn(y)
+
+
+class Conv2D(nn.Module):
+    """Keras ``Conv2D``. x: (N, H, W, C) -> (N, H', W', filters); kernel (kh, kw, C, filters)."""
+    filters: int
+    kernel_size: int | Sequence[int] = 3
+    strides: int | Sequence[int] = 1
+    padding: ops.Padding = "valid"
+    dilation_rate: int | Sequence[int] = 1
+    activation: Activation = None
+    use_bias: bool = True
+    kernel_initializer: Initializer = glorot_uniform
+    bias_initializer: Initializer = zeros
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        ops.check_input(x, 4, what=f"{self.name} input")
+        kh, kw = ops.pair(self.kernel_size, "kernel_size")
+        kernel = self.param("kernel", self.kernel_initializer, (kh, kw, x.shape[-1], self.filters))
+        bias = self.param("bias", self.bias_initializer, (self.filters,)) if self.use_bias else None
+        y = ops.conv2d(x, kernel, bias, self.strides, self.padding, self.dilation_rate)
+        return _activate(self.activation, y)
+
+
+class DepthwiseConv2D(nn.Module):
+    """Keras ``DepthwiseConv2D``. kernel (kh, kw, C, depth_multiplier) -> (N, H', W', C * M)."""
+    kernel_size: int | Sequence[int] = 3
+    strides: int | Sequence[int] = 1
+    padding: ops.Padding = "valid"
+    depth_multiplier: int = 1
+    dilation_rate: int | Sequence[int] = 1
+    activation: Activation = None
+    use_bias: bool = True
+    depthwise_initializer: Initializer = glorot_uniform
+    bias_initializer: Initializer = zeros
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        ops.check_input(x, 4, what=f"{self.name} input")
+        kh, kw = ops.pair(self.kernel_size, "kernel_size")
+        c = x.shape[-1]
+        kernel = self.param("kernel", self.depthwise_initializer, (kh, kw, c, self.depth_multiplier))
+        bias = (self.param("bias", self.bias_initializer, (c * self.depth_multiplier,))
+                if self.use_bias else None)
+        y = ops.depthwise_conv2d(x, kernel, bias, self.strides, self.padding, self.dilation_rate)
+        return _activate(self.activation, y)
+
+
+class Dense(nn.Module):
+    """Keras ``Dense``. x: (..., in) -> (..., units); kernel (in, units)."""
+    units: int
+    activation: Activation = None
+    use_bias: bool = True
+    kernel_initializer: Initializer = glorot_uniform
+    bias_initializer: Initializer = zeros
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        kernel = self.param("kernel", self.kernel_initializer, (x.shape[-1], self.units))
+        bias = self.param("bias", self.bias_initializer, (self.units,)) if self.use_bias else None
+        return _activate(self.activation, ops.dense(x, kernel, bias))
+
+
+class BatchNormalization(nn.Module):
+    """Keras ``BatchNormalization`` over the last axis (momentum 0.99, epsilon 1e-3).
+
+    ``train=True`` normalises with the batch statistics and updates ``batch_stats`` (pass
+    ``mutable=["batch_stats"]``); ``train=False`` uses the moving statistics. Statistics are not
+    updated while the module is being initialised.
+    """
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+    center: bool = True
+    scale: bool = True
+    beta_initializer: Initializer = zeros
+    gamma_initializer: Initializer = ones
+    moving_mean_initializer: Initializer = zeros
+    moving_variance_initializer: Initializer = ones
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        c = (x.shape[-1],)
+        gamma = self.param("gamma", self.gamma_initializer, c) if self.scale else None
+        beta = self.param("beta", self.beta_initializer, c) if self.center else None
+        mean = self.variable("batch_stats", "moving_mean",
+                             lambda: self.moving_mean_initializer(None, c, jnp.float32))
+        var = self.variable("batch_stats", "moving_variance",
+                            lambda: self.moving_variance_initializer(None, c, jnp.float32))
+        if not train:
+            return ops.batch_norm_inference(x, mean.value, var.value, gamma, beta, self.epsilon)
+        y, new_mean, new_var = ops.batch_norm_train(x, mean.value, var.value, gamma, beta,
+                                                    self.momentum, self.epsilon)
+        if not self.is_initializing():
+            mean.value, var.value = new_mean, new_var
+        return y
+
+
+class Dropout(nn.Module):
+    """Keras ``Dropout``: active only with ``train=True``; draws from the ``"dropout"`` RNG stream."""
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if not train or self.rate == 0.0:
+            return x
+        return ops.dropout(self.make_rng("dropout"), x, self.rate)
+
+
+class Flatten(nn.Module):
+    """(N, ...) -> (N, prod(...)), row-major over H, W, C (Keras' channels_last order)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return x.reshape(x.shape[0], -1)
+
+
+class Activation(nn.Module):
+    """Keras ``Activation``: apply a named activation (``"relu"``, ``"softmax"``, ...)."""
+    activation: Activation
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return _activate(self.activation, x)
+
+
+class MaxPooling2D(nn.Module):
+    pool_size: int | Sequence[int] = 2
+    strides: int | Sequence[int] | None = None
+    padding: ops.Padding = "valid"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return ops.max_pool2d(x, self.pool_size, self.strides, self.padding)
+
+
+class AveragePooling2D(nn.Module):
+    pool_size: int | Sequence[int] = 2
+    strides: int | Sequence[int] | None = None
+    padding: ops.Padding = "valid"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return ops.avg_pool2d(x, self.pool_size, self.strides, self.padding)
+
+
+class GlobalAveragePooling2D(nn.Module):
+    keepdims: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return ops.global_avg_pool2d(x, self.keepdims)
+
+
+class GlobalMaxPooling2D(nn.Module):
+    keepdims: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return ops.global_max_pool2d(x, self.keepdims)
+
+
+class _Opaque:
+    """Holds ``Sequential``'s layers out of Flax's sight: Flax adopts modules found in a
+    module's fields and names them ``layers_0``...; hiding them lets ``Sequential`` name its
+    children the Keras way."""
+
+    def __init__(self, layers: tuple):
+        self.layers = layers
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __hash__(self):
+        return hash(self.layers)
+
+    def __eq__(self, other):
+        return isinstance(other, _Opaque) and self.layers == other.layers
+
+    def __repr__(self):
+        return repr(list(self.layers))
+
+
+class Sequential(nn.Module):
+    """Keras ``Sequential``: a stack of layers (or whole models) called in order.
+
+    Children are named as Keras names them (``vgg16``, ``flatten``, ``dense``, ``dense_1``, ...)
+    unless a layer was given ``name=``, so parameter paths read like the Keras summary.
+    ``input_shape`` (without the batch axis) is optional and used by :func:`minicnn.summary`.
+    """
+    layers: Any
+    input_shape: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.layers, _Opaque):
+            object.__setattr__(self, "layers", _Opaque(tuple(self.layers)))
+        super().__post_init__()
+
+    def layer_names(self) -> list[str]:
+        """The child names, in call order."""
+        counts: dict[str, int] = {}
+        names = []
+        for layer in self.layers:
+            if layer.name is not None:
+                names.append(layer.name)
+                continue
+            base = keras_name(type(layer).__name__)
+            k = counts.get(base, 0)
+            counts[base] = k + 1
+            names.append(base if k == 0 else f"{base}_{k}")
+        return names
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for layer, name in zip(self.layers, self.layer_names()):
+            x = layer.clone(parent=self, name=name)(x, train=train)
+        return x

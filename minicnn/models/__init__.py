@@ -1,0 +1,6 @@
+"""Model zoo: VGG16/VGG19 (Keras layout), the chapter-5 small convnets, EfficientNet-Lite0."""
+
+from minicnn.models.convnets import mnist_convnet, small_convnet
+from minicnn.models.vgg import VGG, VGG16, VGG19
+
+__all__ = ["VGG", "VGG16", "VGG19", "small_convnet", "mnist_convnet"]

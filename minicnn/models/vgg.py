@@ -1,0 +1,115 @@
+"""VGG16 and VGG19 (Simonyan & Zisserman, 2014) with Keras' arguments, layer names and shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import ClassVar
+
+import flax.linen as nn
+
+from minicnn import ops
+from minicnn.layers import (Conv2D, Dense, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D,
+                            MaxPooling2D, from_array)
+
+# Convolutions per block; every block's convs have the same width, then a 2x2 max pool.
+VGG16_BLOCKS = (2, 2, 3, 3, 3)
+VGG19_BLOCKS = (2, 2, 4, 4, 4)
+WIDTHS = (64, 128, 256, 512, 512)
+MIN_SIZE = 32
+
+
+def layer_initializers(pretrained: Mapping | None, name: str, leaves=("kernel", "bias"),
+                       keras_args=("kernel_initializer", "bias_initializer")) -> dict:
+    """Initialiser keyword arguments that load ``pretrained["params"][name]`` when it is there."""
+    params = (pretrained or {}).get("params", {})
+    if name not in params:
+        return {}
+    return {arg: from_array(params[name][leaf], f"{name}/{leaf}")
+            for leaf, arg in zip(leaves, keras_args) if leaf in params[name]}
+
+
+class VGG(nn.Module):
+    """The VGG family as Keras builds it (abstract: use :class:`VGG16` or :class:`VGG19`).
+
+    x: (N, H, W, 3) float32, already preprocessed (``minicnn.weights.preprocess_input(x, "caffe")``
+    for the ImageNet weights). Returns (N, classes) with ``include_top``, else (N, H/32, W/32, 512)
+    or (N, 512) with ``pooling``.
+    """
+    blocks: ClassVar[tuple[int, ...]]
+    arch: ClassVar[str]
+
+    include_top: bool = True
+    weights: str | None = None
+    input_shape: tuple[int, int, int] | None = None
+    pooling: str | None = None
+    classes: int = 1000
+    classifier_activation: str | Callable | None = "softmax"
+
+    def __post_init__(self):
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        if self.pooling not in (None, "avg", "max"):
+            raise ValueError(f'pooling must be None, "avg" or "max", got {self.pooling!r}')
+        if self.weights == "imagenet" and self.include_top and self.classes != 1000:
+            raise ValueError(f'weights="imagenet" with include_top=True needs classes=1000, got {self.classes}')
+        if self.weights == "imagenet" and self.include_top and self.input_shape not in (None, (224, 224, 3)):
+            raise ValueError(f'weights="imagenet" with include_top=True needs input_shape (224, 224, 3), '
+                             f"got {self.input_shape}")
+        super().__post_init__()
+
+    def _check(self, x):
+        channels = 3 if self.weights is not None or self.input_shape is None else self.input_shape[-1]
+        ops.check_input(x, 4, channels, what=f"{self.arch} input")
+        h, w = x.shape[1:3]
+        if self.input_shape is not None and tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise ValueError(f"{self.arch} input: expected shape (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got {tuple(x.shape)}")
+        if h < MIN_SIZE or w < MIN_SIZE:
+            raise ValueError(f"{self.arch} input: height and width must be at least {MIN_SIZE}, "
+                             f"got shape {tuple(x.shape)}")
+        if self.include_top and self.weights == "imagenet" and (h, w) != (224, 224):
+            raise ValueError(f'{self.arch} with include_top=True and weights="imagenet" needs 224x224 input, '
+                             f"got shape {tuple(x.shape)}; use include_top=False for other sizes")
+
+    def _pretrained(self):
+        if self.weights is None:
+            return None
+        from minicnn.weights import pretrained_variables  # weights imports models: import late
+        return pretrained_variables(self.arch, self.weights, self.include_top)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        self._check(x)
+        pretrained = self._pretrained() if self.is_initializing() else None
+        for b, (n_convs, width) in enumerate(zip(self.blocks, WIDTHS), start=1):
+            for i in range(1, n_convs + 1):
+                name = f"block{b}_conv{i}"
+                x = Conv2D(width, 3, padding="same", activation="relu", name=name,
+                           **layer_initializers(pretrained, name))(x)
+            x = MaxPooling2D(2, name=f"block{b}_pool")(x)
+        if self.include_top:
+            x = Flatten(name="flatten")(x)
+            for name, units, act in (("fc1", 4096, "relu"), ("fc2", 4096, "relu"),
+                                     ("predictions", self.classes, self.classifier_activation)):
+                x = Dense(units, activation=act, name=name, **layer_initializers(pretrained, name))(x)
+        elif self.pooling == "avg":
+            x = GlobalAveragePooling2D(name="global_average_pooling2d")(x)
+        elif self.pooling == "max":
+            x = GlobalMaxPooling2D(name="global_max_pooling2d")(x)
+        return x
+
+
+class VGG16(VGG):
+    """Keras' ``keras.applications.VGG16``: 14,714,688 parameters without the top, 138,357,544 with it.
+
+    ``weights``: None (random), ``"imagenet"`` or a path to a weight file that
+    :mod:`minicnn.weights` can port; ``model.init(key, x)`` then returns the pretrained variables.
+    """
+    blocks = VGG16_BLOCKS
+    arch = "vgg16"
+
+
+class VGG19(VGG):
+    """Keras' ``keras.applications.VGG19``: 20,024,384 parameters without the top, 143,667,240 with it."""
+    blocks = VGG19_BLOCKS
+    arch = "vgg19"

@@ -82,7 +82,7 @@ def summary(model: nn.Module, input_shape=None, trainable: Trainable = None, var
     variables: the model's variables (arrays or shapes); built abstractly when None, so a
     summary of VGG16 with top costs no memory. ``trainable`` as in :func:`count_params`.
     """
-    input_shape = input_shape or getattr(model, "input_shape", None)
+    input_shape = input_shape or _declared_input_shape(model)
     if input_shape is None:
         raise ValueError(f"summary({type(model).__name__}) needs input_shape=(H, W, C)")
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
@@ -109,6 +109,14 @@ def summary(model: nn.Module, input_shape=None, trainable: Trainable = None, var
     if print_fn is not None:
         print_fn(text)
     return text
+
+
+def _declared_input_shape(model: nn.Module):
+    """The model's ``input_shape``, or that of a Sequential's first layer (Keras' convention)."""
+    shape = getattr(model, "input_shape", None)
+    if shape is None and isinstance(model, _sequential_type()) and len(model.layers):
+        shape = getattr(model.layers[0], "input_shape", None)
+    return shape
 
 
 def _sequential_type():

@@ -1,0 +1,174 @@
+"""Reach inside a model's forward pass: list its layers, capture or perturb a layer's output,
+stop the forward at a layer, and take the logits before a softmax/sigmoid head.
+
+Everything works through :func:`flax.linen.intercept_methods` on the modules' ``__call__``, so it
+sees through nesting (``Sequential([VGG16(include_top=False), Flatten(), Dense(1)])``) without
+the model's cooperation. A layer is named by its path, ``"vgg16/block5_conv3"``, or by any
+unambiguous path suffix, ``"block5_conv3"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from minicnn import layers as L
+from minicnn import ops
+
+__all__ = ["LayerInfo", "layer_infos", "resolve", "apply_capturing", "apply_perturbed",
+           "forward_to", "squashed_head", "feature_layer"]
+
+_POOLS = (L.MaxPooling2D, L.AveragePooling2D)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One called module: its path, output shape, class, whether it contains other layers, and
+    its ``activation`` field when it has one (``"softmax"`` on a classifier head)."""
+    path: str
+    shape: tuple[int, ...]
+    kind: type
+    leaf: bool
+    activation: object = None
+
+
+def _path(module: nn.Module) -> str:
+    return "/".join(module.path)
+
+
+def _calls(context) -> bool:
+    return context.method_name == "__call__" and bool(context.module.path)
+
+
+def layer_infos(model: nn.Module, variables: Mapping, x) -> list[LayerInfo]:
+    """Every sub-layer the forward pass calls, in call-completion order (shape-only, no compute).
+
+    x: (N, H, W, C) float32, an example input (only its shape and dtype matter).
+    """
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if _calls(context) and hasattr(out, "shape"):
+            m = context.module
+            seen.append((_path(m), tuple(out.shape), type(m), getattr(m, "activation", None)))
+        return out
+
+    def run(v, x):
+        with nn.intercept_methods(record):
+            return model.apply(v, x, train=False)
+
+    jax.eval_shape(run, variables, x)
+    paths = [p for p, *_ in seen]
+    return [LayerInfo(p, s, k, not any(q.startswith(p + "/") for q in paths), a) for p, s, k, a in seen]
+
+
+def resolve(infos: Sequence[LayerInfo], layer: str) -> LayerInfo:
+    """The layer named ``layer`` (a full path or an unambiguous suffix such as ``"block5_conv3"``)."""
+    exact = [i for i in infos if i.path == layer]
+    matches = exact or [i for i in infos if i.path.endswith("/" + layer)]
+    if len(matches) == 1:
+        return matches[0]
+    valid = ", ".join(i.path for i in infos)
+    if not matches:
+        raise ValueError(f"unknown layer {layer!r}; the model's layers are: {valid}")
+    raise ValueError(f"layer {layer!r} is ambiguous, it matches "
+                     f"{', '.join(i.path for i in matches)}; give the full path")
+
+
+def apply_capturing(model: nn.Module, variables: Mapping, x, paths: Sequence[str]):
+    """``(model output, {path: that layer's output})`` from one inference forward pass."""
+    wanted, got = set(paths), {}
+
+    def capture(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if _calls(context) and _path(context.module) in wanted:
+            got[_path(context.module)] = out
+        return out
+
+    with nn.intercept_methods(capture):
+        y = model.apply(variables, x, train=False)
+    return y, got
+
+
+def apply_perturbed(model: nn.Module, variables: Mapping, x, path: str | None, delta,
+                    head: str | None = None):
+    """``(output, activation)``: the forward pass with ``delta`` added to the output of ``path``.
+
+    Differentiating the output with respect to ``delta`` at ``delta = 0`` gives the gradient with
+    respect to that layer's activation, the quantity Grad-CAM needs (``path=None`` perturbs
+    nothing and returns activation None). With ``head`` (the path of the last layer), that
+    layer's softmax/sigmoid is skipped so the output is the logits.
+    """
+    got = {}
+
+    def perturb(next_fun, args, kwargs, context):
+        if not _calls(context):
+            return next_fun(*args, **kwargs)
+        where = _path(context.module)
+        if where == head:
+            return _without_squash(context.module, args, kwargs)
+        out = next_fun(*args, **kwargs)
+        if where == path:
+            got["a"] = out
+            out = out + delta
+        return out
+
+    with nn.intercept_methods(perturb):
+        y = model.apply(variables, x, train=False)
+    return y, got.get("a")
+
+
+class _Stop(Exception):
+    def __init__(self, value):
+        super().__init__("forward stopped at the requested layer")
+        self.value = value
+
+
+def forward_to(model: nn.Module, variables: Mapping, x, path: str):
+    """The output of layer ``path``, computing nothing after it (the forward pass is cut there)."""
+
+    def stop(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if _calls(context) and _path(context.module) == path:
+            raise _Stop(out)
+        return out
+
+    try:
+        with nn.intercept_methods(stop):
+            model.apply(variables, x, train=False)
+    except _Stop as s:
+        return s.value
+    raise ValueError(f"layer {path!r} was not called by the forward pass")
+
+
+def _without_squash(module: nn.Module, args, kwargs):
+    """Call a bound layer again as a copy without its softmax/sigmoid, on the same variables."""
+    bare = module.clone(parent=None, activation=None)
+    return bare.apply(dict(module.variables), *args, **kwargs)
+
+
+def squashed_head(infos: Sequence[LayerInfo]) -> tuple[str | None, str | None]:
+    """``(path, "softmax" | "sigmoid")`` of the last layer when it ends in a softmax or sigmoid,
+    ``(None, None)`` when the model already outputs logits."""
+    head = [i for i in infos if i.leaf][-1]
+    for name, fns in (("softmax", ("softmax", ops.softmax, jax.nn.softmax)),
+                      ("sigmoid", ("sigmoid", ops.sigmoid, jax.nn.sigmoid))):
+        if any(head.activation is f or (isinstance(head.activation, str) and head.activation == f)
+               for f in fns):
+            return head.path, name
+    return None, None
+
+
+def feature_layer(infos: Sequence[LayerInfo]) -> LayerInfo:
+    """Grad-CAM's default layer: the last feature map before the spatial pooling, i.e. the last
+    layer with a 4-D output that is not a pooling layer (``block5_conv3`` in VGG16)."""
+    maps = [i for i in infos if i.leaf and len(i.shape) == 4 and not issubclass(i.kind, _POOLS)]
+    if not maps:
+        raise ValueError("the model has no layer with a 4-D (N, H, W, C) output to explain; layers: "
+                         + ", ".join(f"{i.path} {i.shape}" for i in infos))
+    return maps[-1]

@@ -1,0 +1,192 @@
+"""Grad-CAM, Grad-CAM++ and saliency against step-by-step computations from their definitions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from minicnn import ops
+from minicnn.layers import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
+from minicnn.models import VGG16
+from minicnn.viz import activations, grad_cam, grad_cam_plus_plus, layer_names, saliency
+
+
+def tiny(classes=5, activation="softmax"):
+    return Sequential([Conv2D(4, 3, activation="relu"), MaxPooling2D(2),
+                       Conv2D(6, 3, padding="same", activation="relu"), MaxPooling2D(2),
+                       Flatten(), Dense(classes, activation=activation)])
+
+
+def tiny_features(params, x):
+    """The tiny model by hand: the feature map A of conv2d_1 (Grad-CAM's default layer)."""
+    p = params
+    a = ops.relu(ops.conv2d(x, p["conv2d"]["kernel"], p["conv2d"]["bias"]))
+    a = ops.max_pool2d(a, 2)
+    return ops.relu(ops.conv2d(a, p["conv2d_1"]["kernel"], p["conv2d_1"]["bias"], padding="same"))
+
+
+def tiny_logits(params, a):
+    a = ops.max_pool2d(a, 2)
+    return ops.dense(a.reshape(a.shape[0], -1), params["dense"]["kernel"], params["dense"]["bias"])
+
+
+def cam_by_definition(a, grads):
+    """Selvaraju et al.: alpha_k = mean_ij dS/dA_ijk; relu(sum_k alpha_k A_k); divided by the max."""
+    alpha = grads.mean(axis=(1, 2))
+    cam = np.maximum(np.einsum("nhwk,nk->nhw", a, alpha), 0)
+    peak = cam.max(axis=(1, 2), keepdims=True)
+    return np.where(peak > 0, cam / np.where(peak > 0, peak, 1), 0)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny()
+    x = jax.random.normal(jax.random.key(1), (3, 18, 18, 3))
+    variables = model.init(jax.random.key(0), x)
+    return model, variables, x
+
+
+def test_default_layer_is_last_feature_map_and_layers_listed(setup):
+    model, variables, x = setup
+    assert layer_names(model, variables, x) == [
+        "conv2d", "max_pooling2d", "conv2d_1", "max_pooling2d_1", "flatten", "dense"]
+    assert np.allclose(grad_cam(model, variables, x), grad_cam(model, variables, x, layer="conv2d_1"))
+
+
+@pytest.mark.parametrize("target", ["logit", "probability"])
+def test_grad_cam_equals_definition(setup, target):
+    model, variables, x = setup
+    params = variables["params"]
+    a = tiny_features(params, x)
+    z = tiny_logits(params, a)
+    cls = np.asarray(jnp.argmax(z, -1))
+
+    def score(a):
+        z = tiny_logits(params, a)
+        s = jax.nn.softmax(z) if target == "probability" else z
+        return s[np.arange(len(cls)), cls].sum()
+
+    expected = cam_by_definition(np.asarray(a), np.asarray(jax.grad(score)(a)))
+    got = grad_cam(model, variables, x, target=target)
+    assert got.shape == (3, 8, 8)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.all((np.asarray(got) >= 0) & (np.asarray(got) <= 1))
+    assert np.allclose(np.asarray(got).max(axis=(1, 2)), 1)
+
+
+def test_batched_equals_one_at_a_time_and_explicit_classes(setup):
+    model, variables, x = setup
+    classes = np.array([0, 3, 4])
+    batched = grad_cam(model, variables, x, class_index=classes)
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], grad_cam(model, variables, x[i:i + 1], class_index=int(classes[i]))[0],
+                                   atol=1e-5)
+    assert not np.allclose(grad_cam(model, variables, x, class_index=0), grad_cam(model, variables, x, class_index=4))
+
+
+def test_sigmoid_head_class_zero_explains_negated_logit():
+    model = tiny(classes=1, activation="sigmoid")
+    x = jax.random.normal(jax.random.key(2), (2, 18, 18, 3))
+    variables = model.init(jax.random.key(3), x)
+    params = variables["params"]
+    a = tiny_features(params, x)
+    for cls, sign in ((1, 1.0), (0, -1.0)):
+        grads = jax.grad(lambda a: sign * tiny_logits(params, a).sum())(a)
+        np.testing.assert_allclose(grad_cam(model, variables, x, class_index=cls),
+                                   cam_by_definition(np.asarray(a), np.asarray(grads)), atol=1e-5)
+    # the default class is the predicted one: z > 0 -> class 1
+    z = np.asarray(tiny_logits(params, a))[:, 0]
+    for i in range(2):
+        np.testing.assert_allclose(grad_cam(model, variables, x[i:i + 1])[0],
+                                   grad_cam(model, variables, x[i:i + 1], class_index=int(z[i] > 0))[0])
+
+
+def test_nested_vgg16_with_dense_head():
+    """The case where Keras' Grad-CAM fails with 'Graph disconnected': a base model inside Sequential."""
+    model = Sequential([VGG16(include_top=False), Flatten(), Dense(3, activation="softmax")])
+    x = jax.random.uniform(jax.random.key(4), (2, 32, 32, 3)) * 255
+    variables = model.init(jax.random.key(5), x)
+    vgg, head = variables["params"]["vgg16"], variables["params"]["dense"]
+
+    def features(x):  # VGG16 by hand up to block5_conv3
+        for b, n in enumerate((2, 2, 3, 3, 3), start=1):
+            for i in range(1, n + 1):
+                p = vgg[f"block{b}_conv{i}"]
+                x = ops.relu(ops.conv2d(x, p["kernel"], p["bias"], padding="same"))
+            if b < 5:
+                x = ops.max_pool2d(x, 2)
+        return x
+
+    def logits(a):
+        return ops.dense(ops.max_pool2d(a, 2).reshape(a.shape[0], -1), head["kernel"], head["bias"])
+
+    a = features(x)
+    cls = jnp.argmax(logits(a), -1)
+    grads = jax.grad(lambda a: logits(a)[jnp.arange(2), cls].sum())(a)
+    expected = cam_by_definition(np.asarray(a), np.asarray(grads))
+    for layer in (None, "block5_conv3", "vgg16/block5_conv3"):
+        np.testing.assert_allclose(grad_cam(model, variables, x, layer=layer), expected, atol=1e-4)
+    acts = activations(model, variables, x, ["block5_conv3"])
+    np.testing.assert_allclose(acts["block5_conv3"], a, rtol=1e-4, atol=1e-3)
+
+
+def test_randomising_the_classifier_changes_the_map():
+    """Adebayo et al.'s model-randomisation check: a new head must give a different map."""
+    model = Sequential([Conv2D(8, 3, padding="same", activation="relu"),
+                        Conv2D(8, 3, padding="same", activation="relu"), Flatten(), Dense(4)])
+    x = jax.random.normal(jax.random.key(6), (8, 16, 16, 3))
+    variables = model.init(jax.random.key(7), x)
+    other = model.init(jax.random.key(8), x)["params"]["dense"]
+    randomised = {"params": {**variables["params"], "dense": other}}
+    maps = np.asarray(grad_cam(model, variables, x, class_index=0))
+    new = np.asarray(grad_cam(model, randomised, x, class_index=0))
+    rho = np.mean([spearmanr(m.ravel(), n.ravel())[0] for m, n in zip(maps, new)])
+    assert rho < 0.5
+    same = np.mean([spearmanr(m.ravel(), n.ravel())[0]
+                    for m, n in zip(maps, np.asarray(grad_cam(model, variables, x, class_index=0)))])
+    assert same > 0.99
+
+
+def test_grad_cam_plus_plus_equals_definition(setup):
+    model, variables, x = setup
+    params = variables["params"]
+    a = tiny_features(params, x)
+    cls = jnp.argmax(tiny_logits(params, a), -1)
+    g = np.asarray(jax.grad(lambda a: tiny_logits(params, a)[jnp.arange(3), cls].sum())(a), np.float64)
+    a = np.asarray(a, np.float64)
+    # Chattopadhay et al. eq. 19 with an exponential score: alpha = g^2 / (2 g^2 + sum_ab A_ab g^3)
+    alpha = np.zeros_like(g)
+    denom = 2 * g ** 2 + a.sum(axis=(1, 2), keepdims=True) * g ** 3
+    np.divide(g ** 2, denom, out=alpha, where=(g != 0) & (denom != 0))
+    w = (alpha * np.maximum(g, 0)).sum(axis=(1, 2))
+    cam = np.maximum(np.einsum("nhwk,nk->nhw", a, w), 0)
+    expected = cam / cam.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(grad_cam_plus_plus(model, variables, x), expected, atol=1e-5)
+
+
+def test_saliency_equals_input_gradient(setup):
+    model, variables, x = setup
+    params = variables["params"]
+    cls = jnp.argmax(tiny_logits(params, tiny_features(params, x)), -1)
+    g = jax.grad(lambda x: tiny_logits(params, tiny_features(params, x))[jnp.arange(3), cls].sum())(x)
+    s = np.abs(np.asarray(g)).max(-1)
+    np.testing.assert_allclose(saliency(model, variables, x), s / s.max(axis=(1, 2), keepdims=True), atol=1e-5)
+
+
+def test_bad_input_errors_name_the_problem(setup):
+    model, variables, x = setup
+    with pytest.raises(ValueError, match=r"unknown layer 'block9'.*conv2d, max_pooling2d, conv2d_1"):
+        grad_cam(model, variables, x, layer="block9")
+    with pytest.raises(ValueError, match="dense.*4-D"):
+        grad_cam(model, variables, x, layer="dense")
+    with pytest.raises(ValueError, match="out of range.*5 classes"):
+        grad_cam(model, variables, x, class_index=5)
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        grad_cam(model, variables, x, class_index=[0, 1])
+    with pytest.raises(ValueError, match="target"):
+        grad_cam(model, variables, x, target="softmax")
+    nested = Sequential([Sequential([Conv2D(2, 3)]), Sequential([Conv2D(2, 3)])])
+    v = nested.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="ambiguous.*sequential/conv2d, sequential_1/conv2d"):
+        activations(nested, v, x, ["conv2d"])

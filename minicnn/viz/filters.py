@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from minicnn import ops
 from minicnn.viz import capture
 
 __all__ = ["filter_patterns", "deprocess_image", "pad", "jitter", "random_scale", "random_rotate",
@@ -52,14 +53,18 @@ def jitter(pixels: int) -> Transform:
 
 
 def _affine(x, scale, angle):
-    """Resample x (H, W, C) zoomed by ``scale`` and rotated by ``angle`` radians about its centre."""
+    """Resample x (H, W, C) zoomed by ``scale`` and rotated by ``angle`` radians about its centre
+    (bilinear, edge pixels repeated outside)."""
     h, w, _ = x.shape
     yy, xx = jnp.meshgrid(jnp.arange(h) - (h - 1) / 2, jnp.arange(w) - (w - 1) / 2, indexing="ij")
     cos, sin = jnp.cos(angle) / scale, jnp.sin(angle) / scale
-    sy = cos * yy - sin * xx + (h - 1) / 2
-    sx = sin * yy + cos * xx + (w - 1) / 2
-    sample = partial(jax.scipy.ndimage.map_coordinates, coordinates=[sy, sx], order=1, mode="nearest")
-    return jax.vmap(sample, in_axes=-1, out_axes=-1)(x)
+    sy = jnp.clip(cos * yy - sin * xx + (h - 1) / 2, 0, h - 1)
+    sx = jnp.clip(sin * yy + cos * xx + (w - 1) / 2, 0, w - 1)
+    y0, x0 = jnp.floor(sy).astype(jnp.int32), jnp.floor(sx).astype(jnp.int32)
+    y1, x1 = jnp.minimum(y0 + 1, h - 1), jnp.minimum(x0 + 1, w - 1)
+    wy, wx = (sy - y0)[..., None], (sx - x0)[..., None]
+    return ((x[y0, x0] * (1 - wx) + x[y0, x1] * wx) * (1 - wy)
+            + (x[y1, x0] * (1 - wx) + x[y1, x1] * wx) * wy)
 
 
 def random_scale(scales: Sequence[float]) -> Transform:
@@ -78,12 +83,13 @@ def blur(sigma: float) -> Transform:
     """Gaussian blur (Yosinski et al. 2015); before the model it also low-passes the gradient."""
     r = max(1, int(np.ceil(3 * sigma)))
     g = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    g = jnp.asarray(g / g.sum(), jnp.float32)
+    g = (g / g.sum()).astype(np.float32)
 
     def transform(key, x):
-        x = jnp.pad(x, ((r, r), (r, r), (0, 0)), mode="edge")
-        x = jax.vmap(lambda col: jnp.convolve(col, g, "valid"), in_axes=1, out_axes=1)(x)
-        return jax.vmap(lambda row: jnp.convolve(row, g, "valid"), in_axes=0, out_axes=0)(x)
+        c = x.shape[-1]
+        x = jnp.pad(x, ((r, r), (r, r), (0, 0)), mode="edge")[None]
+        x = ops.depthwise_conv2d(x, jnp.tile(jnp.asarray(g)[:, None, None, None], (1, 1, c, 1)))
+        return ops.depthwise_conv2d(x, jnp.tile(jnp.asarray(g)[None, :, None, None], (1, 1, c, 1)))[0]
     return transform
 
 

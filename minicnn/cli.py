@@ -1,56 +1,268 @@
-"""The ``minicnn`` command line."""
+"""minicnn: the chapter-5 workflow from the command line.
+
+Every command prints one clear line and exits non-zero on bad input (missing file,
+unreadable image, unknown layer, weights not available offline).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
-MODELS = ("vgg16", "vgg19", "small_convnet", "mnist_convnet")
+PRETRAINED_MODELS = ("efficientnet_lite0", "vgg16", "vgg19")
+MODELS = PRETRAINED_MODELS + ("small_convnet", "mnist_convnet")
+RECIPES = ("scratch", "features", "features-aug", "fine-tune")
 
 
-def build_model(name: str, include_top: bool = True):
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _model(name: str, weights: str | None, include_top: bool = True):
+    """(model, variables, preprocess, input size) for a named model; random weights when weights is None."""
+    import jax
+    import jax.numpy as jnp
+
     from minicnn import models
-    if name in ("vgg16", "vgg19"):
-        return getattr(models, name.upper())(include_top=include_top)
-    if name == "small_convnet":
-        return models.small_convnet()
-    if name == "mnist_convnet":
-        return models.mnist_convnet(include_top=include_top)
-    raise SystemExit(f"minicnn: unknown model {name!r}; choose from {', '.join(MODELS)}")
+    if name in PRETRAINED_MODELS and weights is not None:
+        p = models.pretrained(name, weights, include_top)
+        return p.model, p.variables, p.preprocess, p.input_size
+    if name in PRETRAINED_MODELS:
+        cls, _, size = models.PRETRAINED[name]
+        model, shape = cls(include_top=include_top), (size, size, 3)
+    elif name == "small_convnet":
+        model = models.small_convnet()
+        shape = model.input_shape
+    elif name == "mnist_convnet":
+        model = models.mnist_convnet(include_top=include_top)
+        shape = model.input_shape
+    else:
+        raise CLIError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, *shape)))
+    return model, variables, (lambda x: x), shape[0]
+
+
+def _weights_arg(value: str) -> str | None:
+    return None if value.lower() in ("none", "random") else value
+
+
+def _image(path: str, size: int | None):
+    from minicnn.data import load_image
+    if not Path(path).is_file():
+        raise CLIError(f"no such image file: {path}")
+    return load_image(path, None if size is None else (size, size))
+
+
+def _out_path(out: str | None, default: str) -> Path:
+    path = Path(out or default)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from minicnn.weights import decode_predictions
+    model, variables, preprocess, size = _model(args.model, _weights_arg(args.weights))
+    x = np.stack([_image(p, size) for p in args.images])
+    probs = np.asarray(model.apply(variables, preprocess(x)))
+    for path, decoded in zip(args.images, decode_predictions(probs, top=args.top)):
+        print(path)
+        for rank, (wnid, name, score) in enumerate(decoded, 1):
+            print(f"  {rank}. {name:<24} {wnid}  {score:.4f}")
+    return 0
+
+
+def _class_index(value: str | None):
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    from minicnn.weights.imagenet import class_index
+    for i, (_, name) in class_index().items():
+        if name.lower() == value.lower():
+            return int(i)
+    raise CLIError(f"unknown ImageNet class {value!r}: give an index 0-999 or a name such as 'tabby'")
+
+
+def cmd_gradcam(args) -> int:
+    import numpy as np
+
+    from minicnn import viz
+    model, variables, preprocess, size = _model(args.model, _weights_arg(args.weights))
+    original = _image(args.image, None)
+    x = preprocess(_image(args.image, size)[None])
+    cls = _class_index(args.class_)
+    heatmap = viz.grad_cam(model, variables, x, class_index=cls, layer=args.layer)
+    out = _out_path(args.out, Path(args.image).stem + "_gradcam.png")
+    viz.overlay(original.astype(np.uint8), np.asarray(heatmap[0])).save(out)
+    print(out)
+    return 0
+
+
+def cmd_filters(args) -> int:
+    import jax
+
+    from minicnn import viz
+    model, variables, preprocess, _ = _model(args.model, _weights_arg(args.weights))
+    patterns = viz.filter_patterns(model, variables, args.layer, filters=list(range(args.filters)),
+                                   size=args.size, steps=args.steps, preset=args.preset,
+                                   key=jax.random.key(args.seed), preprocess=preprocess)
+    out = _out_path(args.out, f"{args.model}_{args.layer.replace('/', '_')}_filters.png")
+    viz.plot_filter_grid(patterns).save(out)
+    print(out)
+    return 0
+
+
+def cmd_activations(args) -> int:
+    from minicnn import viz
+    model, variables, preprocess, size = _model(args.model, _weights_arg(args.weights))
+    x = preprocess(_image(args.image, size)[None])
+    acts = viz.activations(model, variables, x, layers=[args.layer])
+    out = _out_path(args.out, f"{Path(args.image).stem}_{args.layer.replace('/', '_')}_activations.png")
+    viz.plot_activations(acts, args.layer, images_per_row=args.images_per_row).save(out)
+    print(out)
+    return 0
 
 
 def cmd_summary(args) -> int:
     import minicnn
-    model = build_model(args.model, include_top=not args.no_top)
+    model, variables, _, size = _model(args.model, None, include_top=not args.no_top)
     shape = tuple(args.input_shape) if args.input_shape else (
-        getattr(model, "input_shape", None) or ((224, 224, 3) if not args.no_top else (150, 150, 3)))
-    minicnn.summary(model, shape)
+        getattr(model, "input_shape", None) or (size, size, 3))
+    if args.input_shape:
+        variables = None  # rebuilt abstractly at the requested size
+    minicnn.summary(model, shape, variables=variables)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from minicnn.transfer import recipes
+    if not Path(args.data_dir).is_dir():
+        raise CLIError(f"no such data directory: {args.data_dir}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    history = recipes.run_recipe(args.recipe, args.data_dir, out_dir=out, epochs=args.epochs,
+                                 model=args.model, image_size=args.image_size,
+                                 batch_size=args.batch_size, seed=args.seed)
+    last = {k: v[-1] for k, v in history.history.items() if v}
+    print(json.dumps({"recipe": args.recipe, "out": str(out), **last}, default=float))
+    return 0
+
+
+def cmd_weights(args) -> int:
+    from minicnn import weights
+    if args.action == "list":
+        rows = weights.list_weights()
+        print(f"{'name':<30}{'arch':<20}{'top':<5}{'format':<10}{'prep':<7}{'cached':<7}{'ported':<7}source")
+        for r in rows:
+            print(f"{r['name']:<30}{r['arch']:<20}{'yes' if r['include_top'] else 'no':<5}{r['format']:<10}"
+                  f"{r['preprocessing']:<7}{'yes' if r['cached'] else 'no':<7}{'yes' if r['ported'] else 'no':<7}"
+                  f"{r['source']}")
+        return 0
+    if not args.target:
+        raise CLIError(f"weights {args.action} needs a {'NAME' if args.action == 'fetch' else 'FILE'}")
+    if args.action == "fetch":
+        print(weights.fetch(args.target))
+        return 0
+    if not Path(args.target).exists():
+        raise CLIError(f"no such weight file: {args.target}")
+    print(weights.port(args.target, arch=args.arch, out=args.out))
     return 0
 
 
 def cmd_demo(args) -> int:
-    import minicnn
-    from minicnn.models import VGG16
-    minicnn.summary(VGG16(include_top=False), (150, 150, 3))
+    from minicnn.demo import run_demo
+    run_demo(args.out, model=args.model, quick=args.quick)
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="minicnn", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("summary", help="print a Keras-style summary of a model")
-    p.add_argument("model", choices=MODELS)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minicnn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, fn, help_):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(fn=fn)
+        return p
+
+    def model_args(p, default="efficientnet_lite0", choices=PRETRAINED_MODELS):
+        p.add_argument("--model", default=default, choices=choices)
+        p.add_argument("--weights", default="imagenet",
+                       help='"imagenet" (default), a weight file, or "none" for random weights')
+
+    p = add("demo", cmd_demo, "the main job: the chapter-5 story on real images that ship with the dependencies")
+    p.add_argument("--out", default="minicnn_demo", help="output folder (PNGs and report.html)")
+    p.add_argument("--model", default="efficientnet_lite0", choices=("efficientnet_lite0", "vgg16"))
+    p.add_argument("--quick", action="store_true", help="a smaller run (under 2 minutes)")
+
+    p = add("predict", cmd_predict, "ImageNet top-k for image files")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    model_args(p)
+    p.add_argument("--top", type=int, default=5)
+
+    p = add("gradcam", cmd_gradcam, "Grad-CAM heatmap over an image")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--class", dest="class_", help="ImageNet class index or name (default: the top prediction)")
+    p.add_argument("--layer", help="feature layer (default: the last conv layer)")
+    p.add_argument("--out")
+    model_args(p)
+
+    p = add("filters", cmd_filters, "filter patterns of a layer by gradient ascent")
+    p.add_argument("model", choices=MODELS, metavar="MODEL")
+    p.add_argument("layer", metavar="LAYER")
+    p.add_argument("--out")
+    p.add_argument("--weights", default="imagenet")
+    p.add_argument("--filters", type=int, default=16, help="the first N filters")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--preset", default="book", choices=("book", "lucid"))
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("activations", cmd_activations, "every channel of a layer's activation for an image")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("layer", metavar="LAYER")
+    p.add_argument("--out")
+    p.add_argument("--images-per-row", type=int, default=16)
+    model_args(p)
+
+    p = add("summary", cmd_summary, "Keras-style summary of a model")
+    p.add_argument("model", choices=MODELS, metavar="MODEL")
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("H", "W", "C"))
     p.add_argument("--no-top", action="store_true", help="the conv base only (include_top=False)")
-    p.set_defaults(fn=cmd_summary)
-    p = sub.add_parser("demo", help="the main job: the chapter-5 story on packaged real images")
-    p.set_defaults(fn=cmd_demo)
-    args = parser.parse_args(argv)
+
+    p = add("train", cmd_train, "train on a folder of class sub-folders with a chapter-5 recipe")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--recipe", required=True, choices=RECIPES)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--out", default="minicnn_train")
+    p.add_argument("--model", default="efficientnet_lite0", choices=("efficientnet_lite0", "vgg16"))
+    p.add_argument("--image-size", type=int, default=150)
+    p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("weights", cmd_weights, "list, fetch or port pretrained weight sets")
+    p.add_argument("action", choices=("list", "fetch", "port"))
+    p.add_argument("target", nargs="?", metavar="NAME|FILE")
+    p.add_argument("--arch", help="architecture of FILE when it cannot be detected")
+    p.add_argument("--out", help="where to write the ported checkpoint")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"minicnn: error: {e}", file=sys.stderr)
-        return 2
+    except CLIError as e:
+        message = str(e)
+    except (ValueError, KeyError, OSError) as e:  # bad images, unknown layers, weights offline, ...
+        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    message = message.split("\n-----")[0]  # drop JAX's traceback-filtering note
+    print(f"minicnn: error: {' '.join(message.split()) or type(e).__name__}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,340 @@
+"""Keras callbacks with Keras 3's semantics (``keras/src/callbacks``), on a :class:`Trainer`.
+
+A callback sees the trainer as ``self.trainer``: ``trainer.stop_training``, ``trainer.learning_rate``
+(read/write), ``trainer.variables`` (a host copy) and ``trainer.set_variables``, ``trainer.save``.
+Epochs are 0-based in the hooks and 1-based in messages and file names, as in Keras.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler",
+           "ReduceLROnPlateau", "CSVLogger", "TensorBoard", "TerminateOnNaN", "ProgbarLogger"]
+
+
+class Callback:
+    """Base class: override any of the hooks. ``logs`` maps names to Python floats at epoch end and
+    to running means (scalars, possibly still on the device) at batch end."""
+
+    def __init__(self):
+        self.trainer = None
+
+    def set_trainer(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, logs=None): ...
+    def on_train_end(self, logs=None): ...
+    def on_epoch_begin(self, epoch, logs=None): ...
+    def on_epoch_end(self, epoch, logs=None): ...
+    def on_batch_begin(self, batch, logs=None): ...
+    def on_batch_end(self, batch, logs=None): ...
+
+
+class CallbackList(Callback):
+    """Calls each hook on every callback, in order."""
+
+    def __init__(self, callbacks: Sequence[Callback] = ()):
+        super().__init__()
+        self.callbacks = list(callbacks)
+
+    def set_trainer(self, trainer):
+        for c in self.callbacks:
+            c.set_trainer(trainer)
+
+    def _call(self, hook, *args):
+        for c in self.callbacks:
+            getattr(c, hook)(*args)
+
+    def on_train_begin(self, logs=None): self._call("on_train_begin", logs)
+    def on_train_end(self, logs=None): self._call("on_train_end", logs)
+    def on_epoch_begin(self, epoch, logs=None): self._call("on_epoch_begin", epoch, logs)
+    def on_epoch_end(self, epoch, logs=None): self._call("on_epoch_end", epoch, logs)
+    def on_batch_begin(self, batch, logs=None): self._call("on_batch_begin", batch, logs)
+    def on_batch_end(self, batch, logs=None): self._call("on_batch_end", batch, logs)
+
+
+class _Monitor(Callback):
+    """Keras' ``MonitorCallback``: improvement means ``current - min_delta`` beats ``best`` in the
+    direction of ``mode`` (``"auto"``: down for losses, up for accuracies)."""
+
+    def __init__(self, monitor: str, mode: str, min_delta: float, baseline: float | None = None):
+        super().__init__()
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"{type(self).__name__}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        if mode == "auto":
+            name = monitor.removeprefix("val_")
+            if name == "loss" or name.endswith("crossentropy"):
+                mode = "min"
+            elif "acc" in name:
+                mode = "max"
+            else:
+                raise ValueError(f"{type(self).__name__}: cannot tell whether {monitor!r} should go up "
+                                 f"or down; pass mode='min' or mode='max'")
+        self.monitor, self.mode = monitor, mode
+        self.min_delta = abs(min_delta) * (-1 if mode == "min" else 1)
+        self.baseline = baseline
+
+    def _is_improvement(self, current, reference) -> bool:
+        if reference is None:
+            return True
+        shifted = current - self.min_delta
+        return shifted < reference if self.mode == "min" else shifted > reference
+
+    def _current(self, logs):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            warnings.warn(f"{type(self).__name__} monitors {self.monitor!r}, which is not in the logs "
+                          f"(available: {', '.join(logs or {})})", stacklevel=3)
+        return value
+
+
+class EarlyStopping(_Monitor):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    ``restore_best_weights=True`` puts back the variables of the best epoch when training ends (the
+    first monitored epoch's if none improved). ``baseline``: keep waiting unless it is beaten.
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, verbose=0, mode="auto",
+                 baseline=None, restore_best_weights=False, start_from_epoch=0):
+        super().__init__(monitor, mode, min_delta, baseline)
+        self.patience, self.verbose = patience, verbose
+        self.restore_best_weights, self.start_from_epoch = restore_best_weights, start_from_epoch
+
+    def on_train_begin(self, logs=None):
+        self.wait, self.stopped_epoch, self.best, self.best_epoch = 0, 0, None, 0
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = self._current(logs)
+        if current is None or epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights, self.best_epoch = self.trainer.variables, epoch
+        self.wait += 1
+        if self._is_improvement(current, self.best):
+            self.best, self.best_epoch = current, epoch
+            if self.restore_best_weights:
+                self.best_weights = self.trainer.variables
+            if self.baseline is None or self._is_improvement(current, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.trainer.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose:
+                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+            self.trainer.set_variables(self.best_weights)
+
+
+class ModelCheckpoint(_Monitor):
+    """Save the whole train state (``trainer.save``) after each epoch to ``filepath``, formatted
+    with ``epoch`` (1-based) and the logs: ``"ckpt/{epoch:02d}-{val_loss:.3f}"``.
+
+    ``save_best_only`` saves only when ``monitor`` improves. A non-finite ``loss`` is never saved,
+    so the last good checkpoint survives a divergence.
+    """
+
+    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, mode="auto",
+                 initial_value_threshold=None):
+        super().__init__(monitor, mode, 0.0)
+        self.filepath, self.verbose, self.save_best_only = str(filepath), verbose, save_best_only
+        self.best = initial_value_threshold
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        try:
+            path = self.filepath.format(epoch=epoch + 1, **logs)
+        except KeyError as e:
+            raise KeyError(f"ModelCheckpoint filepath {self.filepath!r} names {e}, which is not in the logs "
+                           f"(available: epoch, {', '.join(logs)})") from None
+        if not math.isfinite(logs.get("loss", 0.0)):
+            warnings.warn(f"Epoch {epoch + 1}: loss is {logs['loss']}; not saving {path}", stacklevel=2)
+            return
+        if self.save_best_only:
+            current = self._current(logs)
+            if current is not None:
+                if not self._is_improvement(current, self.best):
+                    if self.verbose:
+                        print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                    return
+                if self.verbose:
+                    print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best} to {current:.5f}, "
+                          f"saving model to {path}")
+                self.best = current
+        elif self.verbose:
+            print(f"\nEpoch {epoch + 1}: saving model to {path}")
+        self.trainer.save(path)
+
+
+class LearningRateScheduler(Callback):
+    """At each epoch's start set the learning rate to ``schedule(epoch, lr)`` (``epoch`` 0-based)."""
+
+    def __init__(self, schedule: Callable[[int, float], float], verbose=0):
+        super().__init__()
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr = float(self.schedule(epoch, self.trainer.learning_rate))
+        self.trainer.learning_rate = lr
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr}.")
+
+
+class ReduceLROnPlateau(_Monitor):
+    """Multiply the learning rate by ``factor`` after ``patience`` epochs without an improvement
+    larger than ``min_delta`` (absolute, per epoch, like Keras), then wait ``cooldown`` epochs;
+    never below ``min_lr``."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
+                 min_delta=1e-4, cooldown=0, min_lr=0.0):
+        super().__init__(monitor, mode, min_delta)
+        if factor >= 1.0:
+            raise ValueError(f"ReduceLROnPlateau: factor must be < 1, got {factor}")
+        self.factor, self.patience, self.verbose = factor, patience, verbose
+        self.cooldown, self.min_lr = cooldown, min_lr
+
+    def on_train_begin(self, logs=None):
+        self.best, self.wait, self.cooldown_counter = None, 0, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = self._current(logs)
+        if current is None:
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._is_improvement(current, self.best):
+            self.best, self.wait = current, 0
+        elif self.cooldown_counter == 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = self.trainer.learning_rate
+                # As Keras: compare with min_lr in float32, so rounding cannot keep reducing at the floor.
+                if old > np.float32(self.min_lr):
+                    new = max(old * self.factor, self.min_lr)
+                    self.trainer.learning_rate = new
+                    if self.verbose:
+                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}.")
+                    self.cooldown_counter, self.wait = self.cooldown, 0
+
+
+class CSVLogger(Callback):
+    """Append one row per epoch (``epoch`` then the sorted log keys) to ``filename``."""
+
+    def __init__(self, filename, separator=",", append=False):
+        super().__init__()
+        self.filename, self.sep, self.append = Path(filename), separator, append
+
+    def on_train_begin(self, logs=None):
+        self.keys = None
+        exists = self.append and self.filename.exists() and self.filename.stat().st_size > 0
+        if exists:
+            with self.filename.open(newline="") as f:
+                self.keys = next(csv.reader(f, delimiter=self.sep))[1:]
+        self.filename.parent.mkdir(parents=True, exist_ok=True)
+        self.file = self.filename.open("a" if self.append else "w", newline="")
+        self.writer = csv.writer(self.file, delimiter=self.sep)
+        self.header_written = exists
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.keys is None:
+            self.keys = sorted(logs)
+        if not self.header_written:
+            self.writer.writerow(["epoch", *self.keys])
+            self.header_written = True
+        self.writer.writerow([epoch, *(logs.get(k, "NA") for k in self.keys)])
+        self.file.flush()
+
+    def on_train_end(self, logs=None):
+        self.file.close()
+
+
+class TensorBoard(Callback):
+    """Write every epoch-end scalar to TensorBoard event files with tensorboardX (no TensorFlow):
+    ``log_dir/train`` gets ``epoch_loss``, ``epoch_accuracy``, ``epoch_learning_rate``; ``log_dir/validation``
+    the ``val_*`` ones under the same tags, so TensorBoard overlays them as Keras' callback does."""
+
+    def __init__(self, log_dir="logs"):
+        super().__init__()
+        self.log_dir = Path(log_dir)
+
+    def on_train_begin(self, logs=None):
+        from tensorboardX import SummaryWriter
+        self.writers = {split: SummaryWriter(str(self.log_dir / split)) for split in ("train", "validation")}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            split = "validation" if key.startswith("val_") else "train"
+            name = {"lr": "learning_rate"}.get(key, key.removeprefix("val_"))
+            self.writers[split].add_scalar(f"epoch_{name}", float(value), epoch)
+        for w in self.writers.values():
+            w.flush()
+
+    def on_train_end(self, logs=None):
+        for w in self.writers.values():
+            w.close()
+
+
+class TerminateOnNaN(Callback):
+    """Stop training after the first batch whose loss is NaN or infinite."""
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            print(f"Batch {batch}: invalid loss {float(loss)}, terminating training")
+            self.trainer.stop_training = True
+
+
+class ProgbarLogger(Callback):
+    """Keras-style progress: ``verbose=1`` a per-batch tqdm bar with the running loss and metrics,
+    then ``"N/N - 3s 30ms/step - accuracy: 0.5 - loss: 0.69 - val_accuracy: ... - val_loss: ..."``;
+    ``verbose=2`` only that line."""
+
+    def __init__(self, verbose=1, steps: int | None = None, epochs: int | None = None):
+        super().__init__()
+        self.verbose, self.steps, self.epochs = verbose, steps, epochs
+        self.bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        print(f"Epoch {epoch + 1}/{self.epochs}")
+        self.seen, self.start = 0, time.perf_counter()
+        if self.verbose == 1:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=self.steps, unit="step", leave=False, dynamic_ncols=True)
+
+    def on_batch_end(self, batch, logs=None):
+        self.seen = batch + 1
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{float(v):.4f}" for k, v in (logs or {}).items()}, refresh=False)
+            self.bar.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elapsed = time.perf_counter() - self.start
+        per_step = 1000 * elapsed / max(self.seen, 1)
+        metrics = " - ".join(f"{k}: {v:.4f}" for k, v in sorted((logs or {}).items(), key=_keras_order))
+        print(f"{self.seen}/{self.steps or self.seen} - {elapsed:.0f}s {per_step:.0f}ms/step - {metrics}")
+
+
+def _keras_order(item):
+    """Training metrics, then validation metrics, then the learning rate, each group alphabetical."""
+    key = item[0]
+    return (key == "lr", key.startswith("val_"), key)

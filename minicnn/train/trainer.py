@@ -1,0 +1,394 @@
+"""``Trainer``: Keras' ``compile``/``fit``/``evaluate``/``predict`` for a Flax Linen model.
+
+The train state is a plain dict pytree ``{"params", "batch_stats", "opt_state", "step", "rng"}``.
+One jitted train step (state buffers donated) does forward, loss, gradient and optimizer update.
+
+Freezing. ``trainable`` is a mask over ``params`` (see :mod:`minicnn.train.partition`): the step
+splits ``params`` into a trainable and a frozen part and differentiates the loss with respect to the
+trainable part only, with the frozen part as a constant, so XLA computes no gradient for frozen
+weights; the optimizer state covers the trainable part only (no Adam moments, no weight decay for
+frozen weights). A BatchNormalization layer whose parameters are all frozen runs in inference mode
+(``train=False``: moving statistics, no update), as in Keras >= 2.1.3; this is done with
+``flax.linen.intercept_methods``, so models need no extra argument. Setting ``trainer.trainable``
+(or :meth:`Trainer.set_trainable`) between phases keeps the parameters and builds a new optimizer
+state for the new partition.
+
+Batches. ``fit`` takes any re-iterable of ``(x, y)`` batches (one ``iter()`` per epoch; with
+``steps_per_epoch`` one iterator is kept across epochs and restarted when it runs out) or arrays
+``fit(x, y, batch_size=32)`` (shuffled each epoch from ``seed``, like Keras). A smaller last training
+batch is a second shape, compiled once and cached: padding it would change the batch statistics of
+BatchNormalization and the per-step loss that Keras reports. ``evaluate`` and ``predict`` pad the
+last batch to the first batch's size and mask the padding out, so they compile once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from minicnn.layers import BatchNormalization
+from minicnn.train import checkpoint, losses as losses_lib, metrics as metrics_lib, optimizers
+from minicnn.train import partition
+from minicnn.train.callbacks import Callback, CallbackList, ProgbarLogger
+from minicnn.train.history import History
+
+__all__ = ["Trainer"]
+
+
+def _is_arrays(data) -> bool:
+    return (isinstance(data, tuple) and len(data) == 2
+            and all(hasattr(a, "shape") and hasattr(a, "dtype") for a in data))
+
+
+def _array_batches(x, y, batch_size: int, order=None):
+    """(x, y) arrays -> list of (x_batch, y_batch); ``order`` a permutation of the samples."""
+    if len(x) != len(y):
+        raise ValueError(f"x and y have different numbers of samples: {len(x)} and {len(y)}")
+    idx = np.arange(len(x)) if order is None else order
+    return [(x[idx[i:i + batch_size]], y[idx[i:i + batch_size]]) for i in range(0, len(x), batch_size)]
+
+
+def _as_batches(data, y, batch_size, what: str, shuffle_seed=None):
+    """Normalise ``data`` (batches, or arrays with ``y``/a 2-tuple) to a re-iterable of batches."""
+    if y is not None:
+        data = (data, y)
+    if _is_arrays(data):
+        x, y = (np.asarray(a) for a in data)
+        order = None if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(len(x))
+        return _array_batches(x, y, batch_size or 32, order)
+    if batch_size is not None:
+        raise ValueError(f"{what}: batch_size applies to array inputs only; a dataset of batches sets its own")
+    if not isinstance(data, Iterable):
+        raise TypeError(f"{what}: expected an iterable of (x, y) batches or (x, y) arrays, got {type(data).__name__}")
+    return data
+
+
+def _pad(a, n: int):
+    """Pad the batch axis of ``a`` with zeros up to ``n`` rows."""
+    a = np.asarray(a)
+    return np.concatenate([a, np.zeros((n - len(a), *a.shape[1:]), a.dtype)]) if len(a) < n else a
+
+
+def _copy(tree):
+    """Fresh device buffers, so donating the train state never deletes the caller's arrays."""
+    return jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), tree)
+
+
+class Trainer:
+    """Train, evaluate and predict with a minicnn (Flax Linen) model, the Keras way.
+
+    model: any module called as ``model.apply(variables, x, train=...)``.
+    loss: ``"binary_crossentropy"``, ``"categorical_crossentropy"``, ``"sparse_categorical_crossentropy"``
+      or a per-sample callable ``fn(y_true, y_pred) -> (N,)``; ``from_logits`` as in Keras.
+    optimizer: ``"rmsprop"``/``"adam"``/``"sgd"`` (Keras defaults, e.g. ``optimizer_kwargs={"learning_rate": 1e-4}``)
+      or an optax transform (see :mod:`minicnn.train.optimizers`).
+    metrics: names (``"accuracy"`` picks the accuracy matching the loss) or per-sample callables.
+    variables: start from these (pretrained, or built by a transfer-learning recipe) instead of
+      ``model.init`` on the first batch.
+    trainable: a mask of bools over ``params`` (a bool may stand for a whole layer); None trains all.
+    """
+
+    def __init__(self, model: nn.Module, loss: str | Callable = "binary_crossentropy",
+                 optimizer: str | optax.GradientTransformation = "rmsprop",
+                 metrics: Sequence[str | Callable] = ("accuracy",), *, from_logits: bool = False,
+                 optimizer_kwargs: dict | None = None, variables: dict | None = None, trainable=None):
+        self.model = model
+        self.loss_fn = losses_lib.get(loss, from_logits)
+        loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", None)
+        self.metric_fns = dict(metrics_lib.get(m, loss_name) for m in metrics)
+        self.tx = optimizers.get(optimizer, **(optimizer_kwargs or {}))
+        self._mask = trainable
+        self._initial_variables = variables
+        self.state: dict | None = None
+        self.epoch = 0
+        self.history = History()
+        self.stop_training = False
+        self._predict_step = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
+
+    # ----------------------------------------------------------------- state
+    @property
+    def built(self) -> bool:
+        return self.state is not None
+
+    def build(self, x, seed: int = 0) -> None:
+        """Create the train state for inputs like ``x`` (N, ...): ``model.init`` with the
+        ``"params"`` and ``"dropout"`` streams from ``seed``, unless ``variables=`` was given."""
+        init_key, dropout_key, step_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+        if self._initial_variables is None:
+            # jitted: eager init would compile every op separately, which is many times slower.
+            init = jax.jit(lambda rngs, x: self.model.init(rngs, x, train=False))
+            variables = init({"params": init_key, "dropout": dropout_key}, jnp.asarray(x))
+        else:
+            variables = self._initial_variables
+        variables = _copy(dict(variables))
+        self.state = {"params": dict(variables.get("params", {})),
+                      "batch_stats": dict(variables.get("batch_stats", {})),
+                      "step": jnp.zeros([], jnp.int32), "rng": step_key}
+        self.set_trainable(self._mask)
+
+    def _require_built(self, what):
+        if not self.built:
+            raise RuntimeError(f"Trainer.{what}: the trainer has no variables yet; call fit() first, "
+                               f"or build(x), or pass variables=")
+
+    @property
+    def variables(self) -> dict:
+        """A host (NumPy) copy of ``{"params", "batch_stats"}``, safe to keep across train steps."""
+        self._require_built("variables")
+        return jax.device_get({"params": self.state["params"], "batch_stats": self.state["batch_stats"]})
+
+    def set_variables(self, variables: dict) -> None:
+        """Replace params (and batch_stats, if given) keeping the optimizer state and step."""
+        self._require_built("set_variables")
+        self.state = {**self.state, "params": _copy(variables["params"]),
+                      "batch_stats": _copy(variables.get("batch_stats", self.state["batch_stats"]))}
+
+    @property
+    def trainable(self):
+        """The mask, one bool per parameter (after build), or what was passed."""
+        return traverse_util.unflatten_dict(self._flat_mask) if self.built else self._mask
+
+    @trainable.setter
+    def trainable(self, mask):
+        self.set_trainable(mask)
+
+    def set_trainable(self, mask, optimizer: str | optax.GradientTransformation | None = None, **optimizer_kwargs) -> None:
+        """Train the parameters ``mask`` marks (None: all). Keeps the parameters, starts a fresh
+        optimizer state for the new trainable partition (and a new optimizer if one is given),
+        and rebuilds the jitted steps."""
+        if optimizer is not None or optimizer_kwargs:
+            self.tx = optimizers.get(optimizer if optimizer is not None else "rmsprop", **optimizer_kwargs)
+        self._mask = mask
+        if not self.built:
+            return
+        self._flat_mask = partition.flat_mask(self.state["params"], mask)
+        trainable, _ = partition.split(self.state["params"], self._flat_mask)
+        self.state["opt_state"] = self.tx.init(trainable)
+        self._train_step = self._make_train_step()
+        self._eval_step = self._make_eval_step()
+
+    @property
+    def learning_rate(self) -> float:
+        self._require_built("learning_rate")
+        return optimizers.get_learning_rate(self.state["opt_state"])
+
+    @learning_rate.setter
+    def learning_rate(self, value: float):
+        self._require_built("learning_rate")
+        self.state["opt_state"] = optimizers.set_learning_rate(self.state["opt_state"], value)
+
+    # ----------------------------------------------------------------- steps
+    def _apply(self, params, batch_stats, x, train, rngs=None):
+        """Forward pass; in training, layers whose parameters are all frozen run with train=False."""
+        frozen = partition.frozen_modules(self._flat_mask)
+
+        def freeze_bn(next_fun, args, kwargs, context):
+            module = context.module
+            if (train and isinstance(module, BatchNormalization) and context.method_name == "__call__"
+                    and module.scope is not None and tuple(module.scope.path) in frozen):
+                kwargs = {**kwargs, "train": False}
+            return next_fun(*args, **kwargs)
+
+        variables = {"params": params, "batch_stats": batch_stats}
+        if not train:
+            return self.model.apply(variables, x, train=False), batch_stats
+        with nn.intercept_methods(freeze_bn):
+            y, updates = self.model.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"])
+        return y, updates.get("batch_stats", batch_stats)
+
+    def _make_train_step(self):
+        flat_mask, loss_fn, metric_fns, tx = self._flat_mask, self.loss_fn, self.metric_fns, self.tx
+
+        def step(state, x, y):
+            rng, dropout_key = jax.random.split(state["rng"])
+            trainable, frozen = partition.split(state["params"], flat_mask)
+
+            def objective(trainable):
+                pred, batch_stats = self._apply(partition.merge(trainable, frozen), state["batch_stats"],
+                                                x, train=True, rngs={"dropout": dropout_key})
+                return jnp.mean(loss_fn(y, pred)), (pred, batch_stats)
+
+            (loss, (pred, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
+            updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+            trainable = optax.apply_updates(trainable, updates)
+            new_state = {"params": partition.merge(trainable, frozen), "batch_stats": batch_stats,
+                         "opt_state": opt_state, "step": state["step"] + 1, "rng": rng}
+            logs = {"loss": loss, **{k: jnp.mean(fn(y, pred)) for k, fn in metric_fns.items()}}
+            return new_state, logs
+
+        return jax.jit(step, donate_argnums=0)
+
+    def _make_eval_step(self):
+        loss_fn, metric_fns = self.loss_fn, self.metric_fns
+
+        def step(params, batch_stats, x, y, weight):
+            pred, _ = self._apply(params, batch_stats, x, train=False)
+            sums = {"loss": jnp.sum(weight * loss_fn(y, pred)),
+                    **{k: jnp.sum(weight * fn(y, pred)) for k, fn in metric_fns.items()}}
+            return sums
+
+        return jax.jit(step)
+
+    # ----------------------------------------------------------------- API
+    def train_on_batch(self, x, y, seed: int = 0) -> dict:
+        """One optimizer step on one batch; returns that batch's ``loss`` and metrics (floats)."""
+        if not self.built:
+            self.build(x, seed)
+        self.state, logs = self._train_step(self.state, jnp.asarray(x), jnp.asarray(y))
+        return {k: float(v) for k, v in logs.items()}
+
+    def fit(self, x, y=None, *, batch_size: int | None = None, epochs: int = 1, validation_data=None,
+            steps_per_epoch: int | None = None, validation_steps: int | None = None,
+            callbacks: Sequence[Callback] = (), verbose: int = 1, shuffle: bool = True,
+            initial_epoch: int = 0, seed: int = 0) -> History:
+        """Train for ``epochs`` (counting from ``initial_epoch``, as Keras does) and return the
+        :class:`History`. ``seed`` initialises the variables and dropout stream when the trainer is
+        not built yet, and orders the samples of array inputs (epoch by epoch).
+
+        ``initial_epoch > 0`` continues ``self.history`` (e.g. after :meth:`restore`); otherwise a
+        new history starts.
+        """
+        if initial_epoch == 0 or not self.history.epoch:
+            self.history = History()
+        arrays = y is not None or _is_arrays(x)
+        steps = steps_per_epoch
+        if steps is None and arrays:
+            n = len(x if y is not None else x[0])
+            steps = math.ceil(n / (batch_size or 32))
+        elif steps is None and hasattr(x, "__len__"):
+            steps = len(x)
+        cbs = [self.history, *callbacks]
+        if verbose:
+            cbs.append(ProgbarLogger(verbose, steps, epochs))
+        cb = CallbackList(cbs)
+        cb.set_trainer(self)
+        self.stop_training = False
+        iterator = None
+        cb.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            if arrays:
+                data = _as_batches(x, y, batch_size, "fit", (seed, epoch) if shuffle else None)
+            else:
+                data = _as_batches(x, None, batch_size, "fit")
+            if steps_per_epoch is None or iterator is None:
+                iterator = iter(data)
+            cb.on_epoch_begin(epoch)
+            sums, count, batch = {}, 0, 0
+            while steps_per_epoch is None or batch < steps_per_epoch:
+                try:
+                    xb, yb = next(iterator)
+                except StopIteration:
+                    if steps_per_epoch is None:
+                        break
+                    iterator = iter(data)
+                    try:
+                        xb, yb = next(iterator)
+                    except StopIteration:
+                        raise ValueError("fit: the training data yielded no batches") from None
+                if not self.built:
+                    self.build(xb, seed)
+                cb.on_batch_begin(batch)
+                self.state, logs = self._train_step(self.state, jnp.asarray(xb), jnp.asarray(yb))
+                n = len(xb)
+                sums = {k: sums.get(k, 0.0) + v * n for k, v in logs.items()}
+                count += n
+                cb.on_batch_end(batch, {k: s / count for k, s in sums.items()})
+                batch += 1
+                if self.stop_training:
+                    break
+            if batch == 0:
+                raise ValueError("fit: the training data yielded no batches")
+            epoch_logs = {k: float(s) / count for k, s in sums.items()}
+            if validation_data is not None:
+                val = self.evaluate(validation_data, batch_size=batch_size, steps=validation_steps)
+                epoch_logs.update({f"val_{k}": v for k, v in val.items()})
+            epoch_logs["lr"] = self._lr_or_nan()
+            self.epoch = epoch + 1
+            cb.on_epoch_end(epoch, epoch_logs)
+            if self.stop_training:
+                break
+        cb.on_train_end()
+        return self.history
+
+    def _lr_or_nan(self) -> float:
+        try:
+            return self.learning_rate
+        except ValueError:  # an optax transform without inject_hyperparams
+            return float("nan")
+
+    def evaluate(self, x, y=None, *, batch_size: int | None = None, steps: int | None = None) -> dict:
+        """Mean loss and metrics over the data (inference mode), e.g. ``{"loss": .., "accuracy": ..}``."""
+        data = _as_batches(x, y, batch_size, "evaluate")
+        sums, count, size = None, 0, None
+        for i, (xb, yb) in enumerate(data):
+            if steps is not None and i >= steps:
+                break
+            if not self.built:
+                self.build(xb)
+            n = len(xb)
+            size = size or n
+            weight = _pad(np.ones(n, np.float32), size)
+            out = self._eval_step(self.state["params"], self.state["batch_stats"],
+                                  _pad(xb, size), _pad(yb, size), weight)
+            sums = out if sums is None else {k: sums[k] + out[k] for k in out}
+            count += n
+        if sums is None:
+            raise ValueError("evaluate: the data yielded no batches")
+        return {k: float(v) / count for k, v in sums.items()}
+
+    def predict(self, x, *, batch_size: int | None = None, steps: int | None = None) -> np.ndarray:
+        """Model outputs (inference mode) for an array ``x`` (N, ...) or an iterable of batches
+        (``x`` or ``(x, y)``; labels are ignored), concatenated into a NumPy array."""
+        if hasattr(x, "shape"):
+            x = np.asarray(x)
+            bs = batch_size or 32
+            data = [x[i:i + bs] for i in range(0, len(x), bs)]
+        else:
+            data = x
+        outs, size = [], None
+        for i, batch in enumerate(data):
+            if steps is not None and i >= steps:
+                break
+            xb = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if not self.built:
+                self.build(xb)
+            n = len(xb)
+            size = size or n
+            variables = {"params": self.state["params"], "batch_stats": self.state["batch_stats"]}
+            outs.append(np.asarray(self._predict_step(variables, _pad(xb, size)))[:n])
+        if not outs:
+            raise ValueError("predict: the data yielded no batches")
+        return np.concatenate(outs)
+
+    # ----------------------------------------------------------------- checkpoints
+    def save(self, directory: str | os.PathLike):
+        """Write the whole train state, mask, epoch and history to ``directory`` (atomically)."""
+        self._require_built("save")
+        return checkpoint.save(directory, self.state, self._flat_mask, self.epoch, self.history)
+
+    def load(self, directory: str | os.PathLike) -> "Trainer":
+        """Replace this trainer's state, mask, epoch and history with the checkpoint's; continue
+        with ``fit(..., initial_epoch=trainer.epoch)``."""
+        ckpt = checkpoint.load(directory)
+        saved = ckpt["state"]
+        self.state = {"params": _copy(saved["params"]), "batch_stats": _copy(saved["batch_stats"]),
+                      "step": jnp.asarray(saved["step"]), "rng": jnp.asarray(saved["rng"])}
+        self.set_trainable(traverse_util.unflatten_dict(ckpt["flat_mask"]))
+        self.state["opt_state"] = _copy(checkpoint.restore_opt_state(self.state["opt_state"], saved["opt_state"]))
+        self.epoch, self.history = ckpt["epoch"], ckpt["history"]
+        return self
+
+    @classmethod
+    def restore(cls, directory: str | os.PathLike, model: nn.Module, loss="binary_crossentropy",
+                optimizer="rmsprop", metrics=("accuracy",), **kwargs) -> "Trainer":
+        """A trainer for ``model`` with the checkpoint in ``directory`` loaded (compile arguments
+        as the run that wrote it)."""
+        return cls(model, loss, optimizer, metrics, **kwargs).load(directory)

@@ -1,0 +1,64 @@
+"""Training parity with real Keras 3 (JAX backend): same convnet, same initial weights, same batches."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import numpy as np
+import pytest
+
+from minicnn.models import small_convnet
+from minicnn.train import Trainer
+from tests.keras_utils import keras_variables
+
+keras = pytest.importorskip("keras", reason="Keras 3 is the reference for training parity")
+
+SHAPE = (48, 48, 3)  # the smallest comfortable size that survives four conv/pool stages
+STEPS, BATCH = 20, 4
+
+
+def keras_small_convnet():
+    L = keras.layers
+    return keras.Sequential([
+        keras.Input(SHAPE),
+        L.Conv2D(32, 3, activation="relu"), L.MaxPooling2D(2),
+        L.Conv2D(64, 3, activation="relu"), L.MaxPooling2D(2),
+        L.Conv2D(128, 3, activation="relu"), L.MaxPooling2D(2),
+        L.Conv2D(128, 3, activation="relu"), L.MaxPooling2D(2),
+        L.Flatten(), L.Dense(512, activation="relu"), L.Dense(1, activation="sigmoid")])
+
+
+@pytest.fixture(scope="module")
+def batches():
+    rng = np.random.default_rng(0)
+    return [(rng.random((BATCH, *SHAPE), np.float32), (rng.random(BATCH) > 0.5).astype(np.float32))
+            for _ in range(STEPS)]
+
+
+@pytest.mark.parametrize("name, keras_opt, lr", [
+    ("rmsprop", "RMSprop", 1e-4),
+    ("adam", "Adam", 1e-3),
+])
+def test_per_step_losses_match_keras(batches, name, keras_opt, lr):
+    keras.utils.set_random_seed(1)
+    km = keras_small_convnet()
+    km.compile(optimizer=getattr(keras.optimizers, keras_opt)(learning_rate=lr),
+               loss="binary_crossentropy", metrics=["accuracy"])
+    model = small_convnet(SHAPE)
+    names = [n for n in model.layer_names() if n.startswith(("conv2d", "dense"))]
+    trainer = Trainer(model, "binary_crossentropy", name, optimizer_kwargs={"learning_rate": lr},
+                      variables=keras_variables(km, names))
+    ours, theirs = [], []
+    for x, y in batches:
+        logs = trainer.train_on_batch(x, y)
+        k_loss, k_acc = km.train_on_batch(x, y)
+        ours.append((logs["loss"], logs["accuracy"]))
+        theirs.append((k_loss, k_acc))
+    ours, theirs = np.array(ours), np.array(theirs)
+    np.testing.assert_allclose(ours[:, 0], theirs[:, 0], rtol=1e-4)
+    np.testing.assert_array_equal(ours[:, 1], theirs[:, 1])
+    assert ours[-1, 0] < ours[0, 0] or not np.allclose(ours[:, 0], ours[0, 0])  # it did train
+    final = keras_variables(km, names)["params"]
+    for layer in names:
+        np.testing.assert_allclose(trainer.variables["params"][layer]["kernel"], final[layer]["kernel"],
+                                   rtol=1e-3, atol=1e-6, err_msg=layer)

@@ -1,6 +1,8 @@
 """Transfer learning: trainable masks, the masking optimizer, feature extraction, chapter-5 recipes."""
 
+from minicnn.transfer.features import extract_features
 from minicnn.transfer.masks import count_params, layer_order, trainable_mask
 from minicnn.transfer.optim import check_frozen, masked
 
-__all__ = ["trainable_mask", "layer_order", "count_params", "masked", "check_frozen"]
+__all__ = ["trainable_mask", "layer_order", "count_params", "masked", "check_frozen",
+           "extract_features"]

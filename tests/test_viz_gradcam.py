@@ -190,3 +190,57 @@ def test_bad_input_errors_name_the_problem(setup):
     v = nested.init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="ambiguous.*sequential/conv2d, sequential_1/conv2d"):
         activations(nested, v, x, ["conv2d"])
+
+
+@pytest.fixture(scope="module")
+def efficientnet(tmp_path_factory):
+    """EfficientNet-Lite0 with its real ImageNet weights (shipped in a pip package, no download),
+    and the composite image: skimage's chelsea (a tabby) on the left, coffee (an espresso) on the right."""
+    models = pytest.importorskip("minicnn.models")
+    if not hasattr(models, "EfficientNetLite0"):
+        pytest.skip("minicnn.models.EfficientNetLite0 has not landed yet")
+    from PIL import Image
+    from skimage import data
+
+    from minicnn.weights import preprocess_input, pretrained_variables
+    halves = [np.asarray(Image.fromarray(im).resize((224, 224), Image.BILINEAR), np.float32)
+              for im in (data.chelsea(), data.coffee())]
+    x = jnp.asarray(preprocess_input(np.concatenate(halves, axis=1)[None], "tf"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINICNN_HOME", str(tmp_path_factory.mktemp("minicnn_home")))
+        pretrained_variables.cache_clear()
+        model = models.EfficientNetLite0(weights="imagenet")
+        variables = model.init(jax.random.key(0), x)
+        pretrained_variables.cache_clear()
+    return model, variables, x
+
+
+TABBY, TIGER_CAT, EGYPTIAN_CAT, ESPRESSO = 281, 282, 285, 967
+
+
+def left_mass(cam):
+    cam = np.asarray(cam)
+    return cam[..., : cam.shape[-1] // 2].sum() / cam.sum()
+
+
+def test_cat_and_espresso_maps_fall_on_their_halves(efficientnet):
+    model, variables, x = efficientnet
+    maps = grad_cam(model, variables, jnp.concatenate([x] * 4), class_index=[TABBY, TIGER_CAT, EGYPTIAN_CAT, ESPRESSO])
+    assert maps.shape == (4, 7, 14)
+    for cat in maps[:3]:
+        assert left_mass(cat) >= 0.7
+    assert 1 - left_mass(maps[3]) >= 0.7
+    assert 1 - left_mass(grad_cam_plus_plus(model, variables, x, class_index=ESPRESSO)) >= 0.7
+
+
+def test_randomising_the_pretrained_classifier_changes_the_map(efficientnet):
+    model, variables, x = efficientnet
+    head = variables["params"]["predictions"]
+    key = jax.random.key(9)
+    randomised = {**variables, "params": {**variables["params"], "predictions": {
+        "kernel": jax.random.permutation(key, head["kernel"].ravel()).reshape(head["kernel"].shape),
+        "bias": head["bias"]}}}
+    for cls in (TABBY, ESPRESSO):
+        before = np.asarray(grad_cam(model, variables, x, class_index=cls)).ravel()
+        after = np.asarray(grad_cam(model, randomised, x, class_index=cls)).ravel()
+        assert spearmanr(before, after)[0] < 0.5

@@ -134,5 +134,9 @@ def test_bad_input_names_expected_and_actual():
         ops.conv2d(jnp.zeros((32, 32, 3)), k)
     with pytest.raises(ValueError, match=r"input has 1 channels .*expects 3"):
         ops.conv2d(jnp.zeros((1, 8, 8, 1)), k)
+    with pytest.raises(ValueError, match=r"\(1, 1, 1, 3\) is too small for a 3x3 window"):
+        ops.conv2d(jnp.zeros((1, 1, 1, 3)), k)
+    with pytest.raises(ValueError, match=r"\(1, 1, 5, 3\) is too small for a 2x2 window"):
+        ops.max_pool2d(jnp.zeros((1, 1, 5, 3)))
     with pytest.raises(TypeError, match="floating-point"):
         ops.conv2d(jnp.zeros((1, 8, 8, 3), jnp.uint8), k)

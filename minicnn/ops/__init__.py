@@ -75,6 +75,15 @@ def _explicit_padding(padding: Padding, hw: tuple[int, int], k: tuple[int, int],
     return ((int(t), int(b)), (int(l), int(r)))
 
 
+def _check_fits(x, what: str, k, s, d, pad) -> None:
+    """Raise when a window does not fit the padded input (an output size of 0 or less)."""
+    for axis in range(2):
+        k_eff = (k[axis] - 1) * d[axis] + 1
+        if x.shape[1 + axis] + sum(pad[axis]) < k_eff:
+            raise ValueError(f"{what}: input of shape {tuple(x.shape)} is too small for a {k[0]}x{k[1]} "
+                             f"window (dilation {d}) with padding {pad}: the output would be empty")
+
+
 def check_input(x, rank: int = 4, channels: int | None = None, what: str = "input") -> None:
     """Raise a ValueError naming expected and actual shape for wrong rank, dtype or channels."""
     shape = tuple(getattr(x, "shape", ()))
@@ -109,6 +118,7 @@ def conv2d(x, kernel, bias=None, strides=1, padding: Padding = "valid", dilation
                          f"kernel {tuple(kernel.shape)} expects {kernel.shape[2] * feature_group_count}")
     s, d = pair(strides, "strides"), pair(dilation, "dilation")
     pad = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], s, d)
+    _check_fits(x, "conv2d", kernel.shape[:2], s, d, pad)
     y = lax.conv_general_dilated(x, kernel.astype(x.dtype), window_strides=s, padding=pad,
                                  rhs_dilation=d, dimension_numbers=_DIMS,
                                  feature_group_count=feature_group_count)
@@ -135,6 +145,7 @@ def _pool(x, init, op, pool_size, strides, padding):
     k = pair(pool_size, "pool_size")
     s = k if strides is None else pair(strides, "strides")
     pad = _explicit_padding(padding, x.shape[1:3], k, s, (1, 1))
+    _check_fits(x, "pooling", k, s, (1, 1), pad)
     return lax.reduce_window(x, init, op, (1, *k, 1), (1, *s, 1), ((0, 0), *pad, (0, 0))), (k, s, pad)
 
 

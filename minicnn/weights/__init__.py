@@ -1,5 +1,17 @@
-"""Pretrained weights: registry, download and cache, porters, checkpoints, ImageNet utilities."""
+"""Pretrained weights: registry, download and cache, porters, checkpoints, ImageNet utilities.
 
+>>> from minicnn.models import VGG16
+>>> variables = VGG16(include_top=False, weights="imagenet").init(key, x)   # ported, cached
+>>> minicnn.weights.save(variables, "ckpt"); minicnn.weights.load("ckpt")
+"""
+
+from minicnn.weights.fetch import WeightsUnavailableError, fetch, get
+from minicnn.weights.imagenet import decode_predictions, preprocess_input
+from minicnn.weights.port import list_weights, port, port_file, pretrained_variables
+from minicnn.weights.registry import registry
 from minicnn.weights.store import load, save
+from minicnn.weights.torch_pth import UnsafePickleError, read_pth
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load", "get", "fetch", "port", "port_file", "pretrained_variables", "list_weights",
+           "registry", "preprocess_input", "decode_predictions", "read_pth", "UnsafePickleError",
+           "WeightsUnavailableError"]

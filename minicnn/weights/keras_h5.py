@@ -1,0 +1,138 @@
+"""Read Keras HDF5 weight files into minicnn variables.
+
+Two layouts:
+
+* legacy HDF5 (Keras 1/2 ``save_weights(".h5")``, the published ``vgg16_weights_tf_dim_ordering_tf_kernels.h5``):
+  root attribute ``layer_names``, one group per layer with a ``weight_names`` attribute. Weights
+  are mapped by layer name and by role parsed from the weight name, whichever naming wrote it:
+  ``block1_conv1_W_1:0`` (Keras 1), ``block1_conv1/kernel:0`` (Keras 2), ``block1_conv1/kernel`` (Keras 3).
+* Keras 3 ``.weights.h5`` (``model.save_weights``): ``layers/<class>_<k>/vars/<i>``, groups named by
+  layer class and creation order. Keras 3.x also records the layer name in the ``vars`` group's
+  ``name`` attribute; when every name is one of the model's layers it is used, otherwise layers
+  are matched by class and creation order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+import h5py
+import numpy as np
+
+__all__ = ["read_keras_h5", "read_keras3_weights", "is_legacy_h5", "is_keras3_weights"]
+
+_ROLES = {"kernel": "kernel", "W": "kernel", "depthwise_kernel": "kernel", "bias": "bias", "b": "bias",
+          "gamma": "gamma", "beta": "beta", "moving_mean": "moving_mean", "running_mean": "moving_mean",
+          "moving_variance": "moving_variance", "running_std": "moving_variance"}
+_STATS = ("moving_mean", "moving_variance")
+# Keras 3 variable order per layer class (optional trailing ones may be absent: use_bias=False).
+_KERAS3_ROLES = {"conv2d": ("kernel", "bias"), "depthwise_conv2d": ("kernel", "bias"),
+                 "dense": ("kernel", "bias"),
+                 "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance")}
+
+
+def _weights_root(f: h5py.File):
+    return f["model_weights"] if "model_weights" in f else f  # a whole-model .h5 nests the weights
+
+
+def is_legacy_h5(f: h5py.File) -> bool:
+    return "layer_names" in _weights_root(f).attrs
+
+
+def is_keras3_weights(f: h5py.File) -> bool:
+    return "layers" in f and "layer_names" not in f.attrs
+
+
+def _text(v) -> str:
+    return v.decode("utf8") if isinstance(v, bytes) else str(v)
+
+
+def weight_role(layer: str, weight_name: str) -> str:
+    """``block1_conv1_W_1:0 -> kernel``, ``block1_conv1/bias:0 -> bias``, ``bn/moving_mean -> moving_mean``."""
+    name = re.sub(r":\d+$", "", weight_name.split("/")[-1])
+    if name.startswith(layer + "_"):
+        name = name[len(layer) + 1:]
+    name = re.sub(r"_\d+$", "", name)
+    if name not in _ROLES:
+        raise ValueError(f"layer {layer}: cannot tell the role of weight {weight_name!r} "
+                         f"(known: {sorted(_ROLES)})")
+    return _ROLES[name]
+
+
+def _put(variables: dict, layer: str, role: str, value: np.ndarray, where: str):
+    tree = variables["batch_stats" if role in _STATS else "params"].setdefault(layer, {})
+    if role in tree:
+        raise ValueError(f"{where}: layer {layer} has two weights with role {role}")
+    tree[role] = value
+
+
+def read_keras_h5(path: str | os.PathLike) -> dict:
+    """Legacy HDF5 weights -> ``{"params": {layer: {kernel, bias | gamma, beta}}, "batch_stats": ...}``."""
+    variables: dict = {"params": {}, "batch_stats": {}}
+    with h5py.File(path, "r") as f:
+        root = _weights_root(f)
+        if "layer_names" not in root.attrs:
+            raise ValueError(f"{path}: not a legacy Keras HDF5 weight file (no layer_names attribute)")
+        for layer in map(_text, root.attrs["layer_names"]):
+            if layer not in root:
+                raise ValueError(f"{path}: layer_names lists {layer} but the file has no group {layer}")
+            group = root[layer]
+            for wn in map(_text, group.attrs.get("weight_names", [])):
+                if wn not in group:
+                    raise ValueError(f"{path}: layer {layer} lists weight {wn!r} but has no such dataset")
+                _put(variables, layer, weight_role(layer, wn), np.asarray(group[wn]), str(path))
+    return {k: v for k, v in variables.items() if v or k == "params"}
+
+
+def _keras3_groups(f: h5py.File, path) -> list[tuple[str, str, int, str | None, list[np.ndarray]]]:
+    """[(kind, group, creation index, recorded layer name, [vars])] for every layer with weights."""
+    out = []
+    for group_name, group in f["layers"].items():
+        if "vars" not in group or not len(group["vars"]):
+            continue
+        m = re.fullmatch(r"(.*?)(?:_(\d+))?", group_name)
+        kind, k = m.group(1), int(m.group(2) or 0)
+        if kind not in _KERAS3_ROLES:
+            raise ValueError(f"{path}: layers/{group_name} is a {kind} layer, which minicnn cannot port "
+                             f"(known: {sorted(_KERAS3_ROLES)})")
+        vars_ = [np.asarray(group["vars"][str(i)]) for i in range(len(group["vars"]))]
+        name = group["vars"].attrs.get("name")
+        out.append((kind, group_name, k, None if name is None else _text(name), vars_))
+    return out
+
+
+def read_keras3_weights(path: str | os.PathLike, layers: Sequence[tuple[str, str]]) -> dict:
+    """Keras 3 ``.weights.h5`` -> minicnn variables for a model whose weighted layers, in call
+    order, are ``layers = [(name, kind), ...]`` with kind a Keras class name (``"conv2d"``).
+
+    Layers of the file absent from ``layers`` (a top the model does not have) are dropped only
+    when they come after every matched layer of their kind; count mismatches raise naming both.
+    """
+    with h5py.File(path, "r") as f:
+        if not is_keras3_weights(f):
+            raise ValueError(f"{path}: not a Keras 3 .weights.h5 file (no layers/ group)")
+        groups = _keras3_groups(f, path)
+    variables: dict = {"params": {}, "batch_stats": {}}
+    names = {name for name, _ in layers}
+    by_name = all(g[3] in names for g in groups if g[3] is not None) and all(g[3] for g in groups)
+    if by_name:
+        pairs = [(g[3], g) for g in groups if g[3] in names]
+    else:
+        pairs = []
+        for kind in sorted({g[0] for g in groups} | {k for _, k in layers}):
+            file_layers = sorted((g for g in groups if g[0] == kind), key=lambda g: g[2])
+            model_layers = [n for n, k in layers if k == kind]
+            if len(file_layers) < len(model_layers):
+                raise ValueError(f"{path}: the model has {len(model_layers)} {kind} layers "
+                                 f"({', '.join(model_layers)}), the file only {len(file_layers)}")
+            pairs += list(zip(model_layers, file_layers))
+    for layer, (kind, group_name, _, _, vars_) in pairs:
+        roles = _KERAS3_ROLES[kind]
+        if len(vars_) > len(roles):
+            raise ValueError(f"{path}: layers/{group_name} ({layer}) has {len(vars_)} variables, "
+                             f"a {kind} has at most {len(roles)}")
+        for role, value in zip(roles, vars_):
+            _put(variables, layer, role, value, str(path))
+    return {k: v for k, v in variables.items() if v or k == "params"}

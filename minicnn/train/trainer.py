@@ -23,6 +23,7 @@ last batch to the first batch's size and mask the padding out, so they compile o
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -82,6 +83,12 @@ def _copy(tree):
     return jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), tree)
 
 
+@functools.lru_cache(maxsize=32)
+def _jitted_init(model: nn.Module):
+    """``model.init`` jitted once per model: eager init would compile every op separately."""
+    return jax.jit(lambda rngs, x: model.init(rngs, x, train=False))
+
+
 class Trainer:
     """Train, evaluate and predict with a minicnn (Flax Linen) model, the Keras way.
 
@@ -123,9 +130,7 @@ class Trainer:
         ``"params"`` and ``"dropout"`` streams from ``seed``, unless ``variables=`` was given."""
         init_key, dropout_key, step_key = jax.random.split(jax.random.PRNGKey(seed), 3)
         if self._initial_variables is None:
-            # jitted: eager init would compile every op separately, which is many times slower.
-            init = jax.jit(lambda rngs, x: self.model.init(rngs, x, train=False))
-            variables = init({"params": init_key, "dropout": dropout_key}, jnp.asarray(x))
+            variables = _jitted_init(self.model)({"params": init_key, "dropout": dropout_key}, jnp.asarray(x))
         else:
             variables = self._initial_variables
         variables = _copy(dict(variables))

@@ -1,0 +1,131 @@
+"""The batch protocol shared by every minicnn dataset, and ``from_arrays`` for data already in memory.
+
+A dataset is re-iterable: each ``iter(ds)`` is one epoch that ends by itself, reshuffled deterministically from
+``seed`` and the epoch number; ``len(ds)`` is the number of batches. Batches are ``(x, y)`` tuples of NumPy arrays,
+``x: (B, H, W, C) float32`` (no rescaling unless asked), or ``x`` alone when there are no labels. The last batch
+of an epoch is smaller when the sample count is not a multiple of ``batch_size`` (as in Keras) unless
+``drop_remainder=True``. ``ds.map(fn)`` moves ``x`` to the device and applies ``fn`` batch by batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+
+__all__ = ["Dataset", "ArrayDataset", "MappedDataset", "from_arrays"]
+
+
+def _new_seed() -> int:
+    return int(np.random.SeedSequence().generate_state(1)[0])
+
+
+def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
+    """Sample order for one epoch: a permutation drawn from (seed, epoch), or 0..n-1 without shuffling."""
+    return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+
+
+def num_batches(n: int, batch_size: int, drop_remainder: bool) -> int:
+    return n // batch_size if drop_remainder else math.ceil(n / batch_size)
+
+
+class Dataset:
+    """Base class: subclasses implement ``_epoch_batches(epoch)`` and ``__len__``."""
+
+    def __init__(self, batch_size: int, shuffle: bool, seed: int | None, drop_remainder: bool):
+        if not (isinstance(batch_size, int) and batch_size > 0):
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.shuffle = bool(shuffle)
+        self.seed = _new_seed() if seed is None else int(seed)
+        self.drop_remainder = bool(drop_remainder)
+        self._epoch = 0
+
+    def __iter__(self) -> Iterator:
+        epoch, self._epoch = self._epoch, self._epoch + 1
+        return self._epoch_batches(epoch)
+
+    def _epoch_batches(self, epoch: int) -> Iterator:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def map(self, fn: Callable, seed: int | None = None) -> "MappedDataset":
+        """A dataset yielding ``fn(x)`` instead of ``x`` (labels untouched), ``x`` moved to the default device.
+
+        With ``seed``, ``fn`` is called as ``fn(key, x)`` with a PRNG key folded from (seed, epoch, batch index),
+        the signature of ``ImageAugmenter``, so augmented runs are reproducible. ``fn`` should be jitted (an
+        ``ImageAugmenter`` is); its output may stay a JAX array on device.
+        """
+        return MappedDataset(self, fn, seed)
+
+
+class ArrayDataset(Dataset):
+    """Batches of in-memory arrays; see ``from_arrays``."""
+
+    def __init__(self, x, y, batch_size, shuffle, seed, drop_remainder):
+        super().__init__(batch_size, shuffle, seed, drop_remainder)
+        self.x = np.asarray(x)
+        self.y = None if y is None else np.asarray(y)
+        if self.x.ndim < 1 or len(self.x) == 0:
+            raise ValueError(f"from_arrays: x must hold at least one sample, got shape {self.x.shape}")
+        if self.y is not None and len(self.y) != len(self.x):
+            raise ValueError(f"from_arrays: x has {len(self.x)} samples but y has {len(self.y)}")
+        self.samples = len(self.x)
+
+    def __len__(self) -> int:
+        return num_batches(self.samples, self.batch_size, self.drop_remainder)
+
+    def _epoch_batches(self, epoch):
+        order = epoch_order(self.samples, self.shuffle, self.seed, epoch)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x = self.x[idx].astype(np.float32)
+            yield x if self.y is None else (x, self.y[idx])
+
+
+def from_arrays(
+    x,
+    y=None,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int | None = None,
+    drop_remainder: bool = False,
+    augment=None,
+) -> Dataset:
+    """Batches over arrays already in memory.
+
+    x: (N, ...) any numeric dtype, yielded as float32 batches (B, ...); y: (N, ...) or None, yielded as given.
+    ``seed`` fixes every epoch's shuffle (and the augmentation keys); None draws one, kept in ``ds.seed``.
+    ``augment``: an ``ImageAugmenter`` applied to each batch on device (``ds.map(augment, seed)``).
+    """
+    ds = ArrayDataset(x, y, batch_size, shuffle, seed, drop_remainder)
+    return ds if augment is None else ds.map(augment, seed=ds.seed)
+
+
+class MappedDataset(Dataset):
+    """``parent`` with ``fn`` applied to each batch's images on device. Other attributes read through to
+    ``parent`` (``class_names``, ``samples``, ...)."""
+
+    def __init__(self, parent: Dataset, fn: Callable, seed: int | None):
+        super().__init__(parent.batch_size, parent.shuffle, parent.seed, parent.drop_remainder)
+        self.parent, self.fn, self.key_seed = parent, fn, seed
+
+    def __getattr__(self, name):
+        if name == "parent":  # not yet set: avoid recursing while unpickling / copying
+            raise AttributeError(name)
+        return getattr(self.parent, name)
+
+    def __len__(self) -> int:
+        return len(self.parent)
+
+    def _epoch_batches(self, epoch):
+        epoch_key = None if self.key_seed is None else jax.random.fold_in(jax.random.key(self.key_seed), epoch)
+        for b, batch in enumerate(self.parent):
+            x, rest = (batch[0], batch[1:]) if isinstance(batch, tuple) else (batch, None)
+            x = jax.device_put(x)
+            x = self.fn(x) if epoch_key is None else self.fn(jax.random.fold_in(epoch_key, b), x)
+            yield x if rest is None else (x, *rest)

@@ -1,0 +1,93 @@
+"""Decoding one image file into a float32 array, the way Keras' ``load_img`` + ``img_to_array`` do, refusing
+what Keras would get silently wrong (undecodable files, decompression bombs, 16-bit images clipped to white)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["BadImageError", "IMAGE_EXTENSIONS", "INTERPOLATIONS", "check_image", "load_image"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Keras' PIL_INTERPOLATION_METHODS: the same Pillow filters, so resized pixels are identical to Keras'.
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "hamming": Image.Resampling.HAMMING,
+    "box": Image.Resampling.BOX,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+COLOR_MODES = {"rgb": "RGB", "grayscale": "L"}
+# Pillow clips 16-bit samples to 255 when converting to L or RGB; these are rescaled by 255 / 65535 instead.
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class BadImageError(ValueError):
+    """A file with an image extension that Pillow cannot decode (corrupt, truncated, not an image)."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{os.fspath(path)}: cannot decode image ({reason})")
+        self.path = os.fspath(path)
+
+
+def _open(path, max_pixels: int | None):
+    """Open ``path`` (header only) and refuse it when it has more than ``max_pixels`` pixels."""
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise Image.DecompressionBombError(f"{os.fspath(path)}: refused as a decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImageError(path, f"{type(e).__name__}: {e}") from None
+    width, height = img.size
+    if limit is not None and width * height > limit:
+        img.close()
+        raise Image.DecompressionBombError(
+            f"{os.fspath(path)}: {width}x{height} = {width * height} pixels exceeds the limit of {limit} "
+            "(decompression-bomb guard; pass a larger max_pixels to allow it)"
+        )
+    return img
+
+
+def check_image(path, max_pixels: int | None = None) -> tuple[int, int]:
+    """Read only the header of ``path``; return its (width, height). Raises BadImageError or
+    PIL.Image.DecompressionBombError (over ``max_pixels``, default Pillow's ``Image.MAX_IMAGE_PIXELS``)."""
+    with _open(path, max_pixels) as img:
+        return img.size
+
+
+def load_image(
+    path,
+    target_size: tuple[int, int] | None = (150, 150),
+    color_mode: str = "rgb",
+    interpolation: str = "bilinear",
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """Decode ``path`` to ``(H, W, 3)`` ('rgb') or ``(H, W, 1)`` ('grayscale') float32 in [0, 255].
+
+    Pixel-identical to Keras' ``img_to_array(load_img(path, color_mode, target_size, interpolation))``: the image
+    is converted with Pillow (alpha dropped; palette, CMYK and LA converted), then resized to ``target_size``
+    (``(height, width)``, None keeps the size) with the Pillow filter named by ``interpolation``. 16-bit images
+    (modes ``I;16*``/``I``) are the exception: Keras clips them to 255, here they are scaled by 255 / 65535.
+    """
+    if color_mode not in COLOR_MODES:
+        raise ValueError(f"color_mode must be one of {tuple(COLOR_MODES)}, got {color_mode!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {interpolation!r}")
+    with _open(path, max_pixels) as img:
+        try:
+            img.load()
+            sixteen_bit = img.mode in _SIXTEEN_BIT
+            converted = img.convert("F" if sixteen_bit else COLOR_MODES[color_mode])
+            if target_size is not None and converted.size != (target_size[1], target_size[0]):
+                converted = converted.resize((target_size[1], target_size[0]), INTERPOLATIONS[interpolation])
+        except (OSError, SyntaxError, ValueError) as e:
+            raise BadImageError(path, f"{type(e).__name__}: {e}") from None
+    array = np.asarray(converted, dtype=np.float32)
+    if sixteen_bit:
+        array = array * np.float32(255 / 65535)
+        return np.repeat(array[..., None], 3 if color_mode == "rgb" else 1, axis=-1)
+    return array[..., None] if array.ndim == 2 else array

@@ -106,9 +106,11 @@ def cmd_filters(args) -> int:
     import jax
 
     from minicnn import viz
-    model, variables, preprocess, _ = _model(args.model, _weights_arg(args.weights))
+    # The conv base suffices and takes any size; the small convnets' dense heads fix their input size.
+    model, variables, preprocess, size = _model(args.model, _weights_arg(args.weights), include_top=False)
+    size = args.size or (128 if args.model in PRETRAINED_MODELS else size)
     patterns = viz.filter_patterns(model, variables, args.layer, filters=list(range(args.filters)),
-                                   size=args.size, steps=args.steps, preset=args.preset,
+                                   size=size, steps=args.steps, preset=args.preset,
                                    key=jax.random.key(args.seed), preprocess=preprocess)
     out = _out_path(args.out, f"{args.model}_{args.layer.replace('/', '_')}_filters.png")
     viz.plot_filter_grid(patterns).save(out)
@@ -218,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="imagenet")
     p.add_argument("--filters", type=int, default=16, help="the first N filters")
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--size", type=int, help="image size (default 128; the input size of a small convnet)")
     p.add_argument("--preset", default="book", choices=("book", "lucid"))
     p.add_argument("--seed", type=int, default=0)
 

@@ -1,0 +1,124 @@
+"""Each CLI command, its output and its error paths (one line on stderr, exit code 2)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minicnn.cli import main
+
+
+@pytest.fixture(scope="module")
+def cat(tmp_path_factory):
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the test photos")
+    path = tmp_path_factory.mktemp("img") / "chelsea.jpg"
+    Image.fromarray(skimage_data.chelsea()).save(path)
+    return path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("minicnn: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_from_the_entry_point():
+    result = subprocess.run([sys.executable, "-m", "minicnn.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("demo", "predict", "gradcam", "filters", "activations", "summary", "train", "weights"):
+        assert command in result.stdout
+
+
+def test_predict_names_the_cat(capsys, cat):
+    code, out, _ = run(capsys, "predict", cat, "--top", "3")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == str(cat) and len(lines) == 4
+    assert any(name in lines[1] for name in ("cat", "tabby", "lynx"))
+
+
+def test_predict_errors(capsys, tmp_path):
+    code, _, err = run(capsys, "predict", tmp_path / "missing.jpg")
+    assert_one_line_error(code, err, "no such image file", "missing.jpg")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    code, _, err = run(capsys, "predict", bad)
+    assert_one_line_error(code, err, "bad.jpg", "cannot decode")
+
+
+def test_predict_vgg16_offline_says_what_to_do(capsys, cat, tmp_path, monkeypatch):
+    from minicnn.weights import registry
+    table = registry()
+    table["vgg16_imagenet"]["url"] = "http://127.0.0.1:9/vgg16.h5"  # nothing listens on the discard port
+    (tmp_path / "registry.json").write_text(json.dumps(table))
+    monkeypatch.setenv("MINICNN_REGISTRY", str(tmp_path / "registry.json"))
+    monkeypatch.setenv("MINICNN_HOME", str(tmp_path / "home"))
+    code, _, err = run(capsys, "predict", cat, "--model", "vgg16")
+    assert_one_line_error(code, err, "vgg16_imagenet", "minicnn weights port FILE")
+
+
+def test_gradcam_writes_overlay(capsys, cat, tmp_path):
+    out = tmp_path / "cam.png"
+    code, stdout, _ = run(capsys, "gradcam", cat, "--class", "espresso", "--out", out)
+    assert code == 0 and stdout.strip() == str(out)
+    image = Image.open(out)
+    assert image.size == Image.open(cat).size
+    code, _, err = run(capsys, "gradcam", cat, "--class", "no such class")
+    assert_one_line_error(code, err, "unknown ImageNet class")
+
+
+def test_activations_and_unknown_layer(capsys, cat, tmp_path):
+    out = tmp_path / "acts.png"
+    code, _, _ = run(capsys, "activations", cat, "stem_conv", "--out", out)
+    assert code == 0 and Image.open(out).size[0] > 0
+    code, _, err = run(capsys, "activations", cat, "block99_conv")
+    assert_one_line_error(code, err, "unknown layer 'block99_conv'", "stem_conv", "top_conv")
+
+
+def test_filters_on_a_random_small_convnet(capsys, tmp_path):
+    out = tmp_path / "f.png"
+    code, _, _ = run(capsys, "filters", "small_convnet", "conv2d_1", "--weights", "none", "--filters", "2",
+                     "--steps", "2", "--out", out)
+    assert code == 0
+    assert np.asarray(Image.open(out)).ndim == 3
+    code, _, err = run(capsys, "filters", "small_convnet", "nope", "--weights", "none")
+    assert_one_line_error(code, err, "unknown layer 'nope'", "conv2d_1")
+
+
+def test_summary(capsys):
+    code, out, _ = run(capsys, "summary", "vgg16", "--no-top", "--input-shape", "150", "150", "3")
+    assert code == 0 and "Total params: 14,714,688" in out and "(None, 4, 4, 512)" in out
+    code, out, _ = run(capsys, "summary", "small_convnet")
+    assert code == 0 and "Total params: 3,453,121" in out
+
+
+def test_weights_list_fetch_port(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINICNN_HOME", str(tmp_path / "home"))
+    code, out, _ = run(capsys, "weights", "list")
+    assert code == 0
+    for name in ("vgg16_imagenet", "vgg16_imagenet_notop", "vgg16_torchvision", "efficientnet_lite0_imagenet"):
+        assert name in out
+    code, out, _ = run(capsys, "weights", "fetch", "efficientnet_lite0_imagenet")
+    assert code == 0 and out.strip().endswith(".pth")
+    code, _, err = run(capsys, "weights", "fetch", "no_such_weights")
+    assert_one_line_error(code, err, "no_such_weights")
+    code, _, err = run(capsys, "weights", "port", tmp_path / "missing.h5")
+    assert_one_line_error(code, err, "no such weight file")
+    code, _, err = run(capsys, "weights", "port")
+    assert_one_line_error(code, err, "needs a FILE")
+
+
+def test_train_errors(capsys, tmp_path):
+    code, _, err = run(capsys, "train", tmp_path / "nowhere", "--recipe", "scratch")
+    assert_one_line_error(code, err, "no such data directory")

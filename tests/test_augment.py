@@ -209,3 +209,16 @@ def test_bad_arguments_raise_clear_errors():
         ImageAugmenter()(jax.random.key(0), np.zeros((8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="unknown parameter"):
         ImageAugmenter().apply_transform(np.zeros((1, 8, 8, 3), np.float32), {"rotation": 3.0})
+
+
+def test_show_augmentations_tiles_the_augmenter_output():
+    from minicnn.viz.augmentation import show_augmentations
+
+    cat = (photo("chelsea", (30, 40)) * 255).round()
+    aug = ImageAugmenter(rotation_range=40, horizontal_flip=True, rescale=1 / 255)
+    grid = show_augmentations(cat, aug, n=6, seed=1, columns=4, gap=2)
+    assert grid.mode == "RGB" and grid.size == (4 * 40 + 3 * 2, 2 * 30 + 2)
+    tiles = np.clip(np.rint(np.asarray(aug(jax.random.key(1), np.stack([cat] * 6))) / aug.rescale), 0, 255)
+    pixels = np.asarray(grid)
+    np.testing.assert_array_equal(pixels[32:62, 42:82], tiles[5].astype(np.uint8))  # row 1, column 1
+    assert (pixels[:, 40:42] == 255).all() and (pixels[32:, 2 * 42 :] == 255).all()  # gaps and empty slots

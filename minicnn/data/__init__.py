@@ -1,7 +1,7 @@
 """Data: image folders and in-memory arrays to re-iterable batches (see ``dataset`` for the protocol)."""
 
 from minicnn.data.dataset import ArrayDataset, Dataset, MappedDataset, from_arrays
-from minicnn.data.decode import IMAGE_EXTENSIONS, BadImageError, check_image, load_image
+from minicnn.data.decode import IMAGE_EXTENSIONS, BadImageError, check_image, decode_image, load_image
 from minicnn.data.directory import DirectoryDataset, image_dataset_from_directory, list_image_files
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MappedDataset",
     "check_image",
+    "decode_image",
     "from_arrays",
     "image_dataset_from_directory",
     "list_image_files",

@@ -5,6 +5,10 @@ A dataset is re-iterable: each ``iter(ds)`` is one epoch that ends by itself, re
 ``x: (B, H, W, C) float32`` (no rescaling unless asked), or ``x`` alone when there are no labels. The last batch
 of an epoch is smaller when the sample count is not a multiple of ``batch_size`` (as in Keras) unless
 ``drop_remainder=True``. ``ds.map(fn)`` moves ``x`` to the device and applies ``fn`` batch by batch.
+
+Internally a dataset produces batches in their stored dtype (uint8 for 8-bit images) and casts to float32 last;
+``map(fn, dtype=None)`` hands ``fn`` the stored dtype, a quarter of the bytes to move and to gather, which is what
+``augment=`` does (``ImageAugmenter`` casts after resampling).
 """
 
 from __future__ import annotations
@@ -44,8 +48,21 @@ class Dataset:
         self._epoch = 0
 
     def __iter__(self) -> Iterator:
+        return self._stored_batches(self._next_epoch(), cast=True)
+
+    def _next_epoch(self) -> int:
         epoch, self._epoch = self._epoch, self._epoch + 1
-        return self._epoch_batches(epoch)
+        return epoch
+
+    def _stored_batches(self, epoch: int, cast: bool) -> Iterator:
+        """One epoch of batches; ``x`` in its stored dtype, or float32 when ``cast``."""
+        for batch in self._epoch_batches(epoch):
+            if not cast:
+                yield batch
+            elif isinstance(batch, tuple):
+                yield (batch[0].astype(np.float32, copy=False), *batch[1:])
+            else:
+                yield batch.astype(np.float32, copy=False)
 
     def _epoch_batches(self, epoch: int) -> Iterator:
         raise NotImplementedError
@@ -53,14 +70,15 @@ class Dataset:
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def map(self, fn: Callable, seed: int | None = None) -> "MappedDataset":
+    def map(self, fn: Callable, seed: int | None = None, dtype=np.float32) -> "MappedDataset":
         """A dataset yielding ``fn(x)`` instead of ``x`` (labels untouched), ``x`` moved to the default device.
 
         With ``seed``, ``fn`` is called as ``fn(key, x)`` with a PRNG key folded from (seed, epoch, batch index),
-        the signature of ``ImageAugmenter``, so augmented runs are reproducible. ``fn`` should be jitted (an
+        the signature of ``ImageAugmenter``, so augmented runs are reproducible. ``x`` reaches ``fn`` as float32,
+        or in its stored dtype (uint8 for 8-bit images) with ``dtype=None``. ``fn`` should be jitted (an
         ``ImageAugmenter`` is); its output may stay a JAX array on device.
         """
-        return MappedDataset(self, fn, seed)
+        return MappedDataset(self, fn, seed, dtype)
 
 
 class ArrayDataset(Dataset):
@@ -83,7 +101,7 @@ class ArrayDataset(Dataset):
         order = epoch_order(self.samples, self.shuffle, self.seed, epoch)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            x = self.x[idx].astype(np.float32)
+            x = self.x[idx]
             yield x if self.y is None else (x, self.y[idx])
 
 
@@ -103,16 +121,16 @@ def from_arrays(
     ``augment``: an ``ImageAugmenter`` applied to each batch on device (``ds.map(augment, seed)``).
     """
     ds = ArrayDataset(x, y, batch_size, shuffle, seed, drop_remainder)
-    return ds if augment is None else ds.map(augment, seed=ds.seed)
+    return ds if augment is None else ds.map(augment, seed=ds.seed, dtype=None)
 
 
 class MappedDataset(Dataset):
     """``parent`` with ``fn`` applied to each batch's images on device. Other attributes read through to
     ``parent`` (``class_names``, ``samples``, ...)."""
 
-    def __init__(self, parent: Dataset, fn: Callable, seed: int | None):
+    def __init__(self, parent: Dataset, fn: Callable, seed: int | None, dtype=np.float32):
         super().__init__(parent.batch_size, parent.shuffle, parent.seed, parent.drop_remainder)
-        self.parent, self.fn, self.key_seed = parent, fn, seed
+        self.parent, self.fn, self.key_seed, self.dtype = parent, fn, seed, dtype
 
     def __getattr__(self, name):
         if name == "parent":  # not yet set: avoid recursing while unpickling / copying
@@ -122,10 +140,14 @@ class MappedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.parent)
 
+    def _stored_batches(self, epoch, cast):
+        return self._epoch_batches(epoch)  # fn decides what comes out
+
     def _epoch_batches(self, epoch):
         epoch_key = None if self.key_seed is None else jax.random.fold_in(jax.random.key(self.key_seed), epoch)
-        for b, batch in enumerate(self.parent):
+        batches = self.parent._stored_batches(self.parent._next_epoch(), cast=False)
+        for b, batch in enumerate(batches):
             x, rest = (batch[0], batch[1:]) if isinstance(batch, tuple) else (batch, None)
-            x = jax.device_put(x)
+            x = jax.device_put(x if self.dtype is None else np.asarray(x, self.dtype))
             x = self.fn(x) if epoch_key is None else self.fn(jax.random.fold_in(epoch_key, b), x)
             yield x if rest is None else (x, *rest)

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from minicnn.data.dataset import Dataset, epoch_order, num_batches
-from minicnn.data.decode import IMAGE_EXTENSIONS, BadImageError, check_image, load_image
+from minicnn.data.decode import IMAGE_EXTENSIONS, BadImageError, check_image, decode_image
 
 __all__ = ["DirectoryDataset", "image_dataset_from_directory"]
 
@@ -155,7 +155,7 @@ class DirectoryDataset(Dataset):
 
     def _load(self, path):
         try:
-            return load_image(path, self.target_size, self.color_mode, self.interpolation, self.max_pixels)
+            return decode_image(path, self.target_size, self.color_mode, self.interpolation, self.max_pixels)
         except _BAD_FILE as e:
             return e
 
@@ -286,7 +286,7 @@ def image_dataset_from_directory(
     )
     if validation_split is None:
         ds = DirectoryDataset(paths, classes, class_names, **settings)
-        return ds if augment is None else ds.map(augment, seed=ds.seed)
+        return ds if augment is None else ds.map(augment, seed=ds.seed, dtype=None)
     n_val = int(validation_split * len(paths))
     if n_val == 0 or n_val == len(paths):
         raise ValueError(
@@ -296,7 +296,7 @@ def image_dataset_from_directory(
     subsets = {}
     if subset in ("training", "both"):
         train = DirectoryDataset(paths[:-n_val], classes[:-n_val], class_names, **settings)
-        subsets["training"] = train if augment is None else train.map(augment, seed=train.seed)
+        subsets["training"] = train if augment is None else train.map(augment, seed=train.seed, dtype=None)
     if subset in ("validation", "both"):
         subsets["validation"] = DirectoryDataset(paths[-n_val:], classes[-n_val:], class_names, **settings)
     return (subsets["training"], subsets["validation"]) if subset == "both" else subsets[subset]

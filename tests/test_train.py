@@ -140,6 +140,17 @@ def test_frozen_parameters_get_no_update_and_no_optimizer_state():
                               after["batch_stats"]["batch_normalization"]["moving_mean"])
 
 
+def test_frozen_weights_cost_no_gradient_flops():
+    x, y = data()
+    full, frozen = Trainer(tiny()), Trainer(tiny(), trainable={"conv2d": False, "dense": True})
+
+    def step_flops(t):
+        t.build(x[:8])
+        return t._train_step.lower(t.state, x[:8], y[:8]).compile().cost_analysis()["flops"]
+    # the conv kernel's gradient (a correlation of the input with the output gradient) is not computed
+    assert step_flops(frozen) < 0.8 * step_flops(full)
+
+
 def test_trainable_mask_errors_name_the_parameter():
     x, _ = data()
     with pytest.raises(ValueError, match="no entry for parameter dense/bias"):

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from minicnn import layers as L
 from minicnn import ops
 
-__all__ = ["LayerInfo", "layer_infos", "resolve", "apply_capturing", "apply_perturbed",
+__all__ = ["LayerInfo", "layer_infos", "resolve", "apply_capturing", "apply_logits",
            "forward_to", "squashed_head", "feature_layer"]
 
 _POOLS = (L.MaxPooling2D, L.AveragePooling2D)
@@ -95,14 +94,14 @@ def apply_capturing(model: nn.Module, variables: Mapping, x, paths: Sequence[str
     return y, got
 
 
-def apply_perturbed(model: nn.Module, variables: Mapping, x, path: str | None, delta,
-                    head: str | None = None):
-    """``(output, activation)``: the forward pass with ``delta`` added to the output of ``path``.
+def apply_logits(model: nn.Module, variables: Mapping, x, head: str | None = None,
+                 path: str | None = None, delta=None):
+    """``(logits, activation)``: the inference forward pass with the last layer ``head`` run without
+    its softmax/sigmoid, and ``delta`` added to the output of layer ``path`` (whose output is returned).
 
-    Differentiating the output with respect to ``delta`` at ``delta = 0`` gives the gradient with
-    respect to that layer's activation, the quantity Grad-CAM needs (``path=None`` perturbs
-    nothing and returns activation None). With ``head`` (the path of the last layer), that
-    layer's softmax/sigmoid is skipped so the output is the logits.
+    Differentiating with respect to ``delta`` at ``delta = 0`` gives the gradient with respect to
+    that layer's activation, the quantity Grad-CAM needs. ``head=None``: the model's own output;
+    ``path=None``: nothing perturbed, activation None.
     """
     got = {}
 
@@ -152,16 +151,13 @@ def _without_squash(module: nn.Module, args, kwargs):
     return bare.apply(dict(module.variables), *args, **kwargs)
 
 
-def squashed_head(infos: Sequence[LayerInfo]) -> tuple[str | None, str | None]:
-    """``(path, "softmax" | "sigmoid")`` of the last layer when it ends in a softmax or sigmoid,
-    ``(None, None)`` when the model already outputs logits."""
+def squashed_head(infos: Sequence[LayerInfo]) -> str | None:
+    """The path of the last layer when it ends in a softmax or sigmoid (its ``activation`` field),
+    None when the model already outputs logits. A squash applied outside any layer is not seen."""
     head = [i for i in infos if i.leaf][-1]
-    for name, fns in (("softmax", ("softmax", ops.softmax, jax.nn.softmax)),
-                      ("sigmoid", ("sigmoid", ops.sigmoid, jax.nn.sigmoid))):
-        if any(head.activation is f or (isinstance(head.activation, str) and head.activation == f)
-               for f in fns):
-            return head.path, name
-    return None, None
+    squashes = ("softmax", "sigmoid", ops.softmax, ops.sigmoid, jax.nn.softmax, jax.nn.sigmoid)
+    act = head.activation
+    return head.path if any(act is f or (isinstance(act, str) and act == f) for f in squashes) else None
 
 
 def feature_layer(infos: Sequence[LayerInfo]) -> LayerInfo:

@@ -24,10 +24,10 @@ __all__ = ["grad_cam", "grad_cam_plus_plus", "saliency"]
 _TARGETS = ("logit", "probability")
 
 
-def _scores(z, squash: str | None, class_index, target: str):
-    """Per-image scores ``(N,)`` of the explained class, and that class ``(N,)``.
+def _scores(z, class_index, target: str):
+    """Per-image scores (N,) of the explained class.
 
-    z: (N, K) logits; class_index None (top prediction), an int or (N,) ints.
+    z: (N, K) logits; class_index None (each image's top prediction), an int or (N,) ints.
     """
     n, k = z.shape
     if class_index is None:
@@ -36,11 +36,9 @@ def _scores(z, squash: str | None, class_index, target: str):
         cls = jnp.broadcast_to(jnp.asarray(class_index, jnp.int32), (n,))
     if k == 1:  # one sigmoid unit: class 1 has logit z, class 0 has logit -z
         logit = jnp.where(cls == 1, z[:, 0], -z[:, 0])
-        return (jax.nn.sigmoid(logit) if target == "probability" else logit), cls
-    logit = jnp.take_along_axis(z, cls[:, None], axis=-1)[:, 0]
-    if target == "probability":
-        return jnp.take_along_axis(jax.nn.softmax(z, axis=-1), cls[:, None], axis=-1)[:, 0], cls
-    return logit, cls
+        return jax.nn.sigmoid(logit) if target == "probability" else logit
+    scores = jax.nn.softmax(z, axis=-1) if target == "probability" else z
+    return jnp.take_along_axis(scores, cls[:, None], axis=-1)[:, 0]
 
 
 def _check(images, class_index, target: str, classes: int):
@@ -63,22 +61,21 @@ def _setup(model, variables, images, layer, class_index, target):
     if len(info.shape) != 4:
         raise ValueError(f"layer {info.path!r} outputs shape {info.shape}; Grad-CAM needs a 4-D "
                          "(N, H, W, C) feature map, e.g. the last conv layer")
-    head, squash = capture.squashed_head(infos)
+    head = capture.squashed_head(infos)
     out = infos[-1].shape
     if len(out) != 2:
         raise ValueError(f"the model outputs shape {out}; class maps need (N, classes) scores")
     _check(images, class_index, target, out[-1])
-    return info, head, squash
+    return info, head
 
 
-@partial(jax.jit, static_argnames=("model", "path", "shape", "head", "squash", "target"))
-def _feature_grads(model, variables, images, class_index, path, shape, head, squash, target):
+@partial(jax.jit, static_argnames=("model", "path", "shape", "head", "target"))
+def _feature_grads(model, variables, images, class_index, path, shape, head, target):
     """``(A, dS/dA)``, both (N, h, w, K), for the summed class scores S (images are independent)."""
 
     def total_score(delta):
-        z, a = capture.apply_perturbed(model, variables, images, path, delta, head)
-        s, _ = _scores(z, squash, class_index, target)
-        return s.sum(), a
+        z, a = capture.apply_logits(model, variables, images, head, path, delta)
+        return _scores(z, class_index, target).sum(), a
 
     grads, a = jax.grad(total_score, has_aux=True)(jnp.zeros(shape, images.dtype))
     return a, grads
@@ -101,9 +98,8 @@ def grad_cam(model: nn.Module, variables: Mapping, images, class_index=None, lay
     Returns (N, h, w) float32 in [0, 1], h x w the layer's spatial size:
     ``relu(sum_k mean_ij(dS/dA_ijk) A_k)`` divided by its maximum.
     """
-    info, head, squash = _setup(model, variables, images, layer, class_index, target)
-    a, g = _feature_grads(model, variables, images, class_index, info.path, info.shape, head, squash,
-                          target)
+    info, head = _setup(model, variables, images, layer, class_index, target)
+    a, g = _feature_grads(model, variables, images, class_index, info.path, info.shape, head, target)
     weights = g.mean(axis=(1, 2))
     return _normalise(jnp.einsum("nhwk,nk->nhw", a, weights))
 
@@ -114,9 +110,8 @@ def grad_cam_plus_plus(model: nn.Module, variables: Mapping, images, class_index
     map over several instances of the class. Same arguments and (N, h, w) [0, 1] result as
     :func:`grad_cam`; uses the closed form for an exponential score (as pytorch-grad-cam does).
     """
-    info, head, squash = _setup(model, variables, images, layer, class_index, target)
-    a, g = _feature_grads(model, variables, images, class_index, info.path, info.shape, head, squash,
-                          target)
+    info, head = _setup(model, variables, images, layer, class_index, target)
+    a, g = _feature_grads(model, variables, images, class_index, info.path, info.shape, head, target)
     g2, g3 = g ** 2, g ** 3
     denom = 2 * g2 + a.sum(axis=(1, 2), keepdims=True) * g3
     alpha = jnp.where(g != 0, g2 / jnp.where(denom != 0, denom, 1e-7), 0.0)
@@ -124,11 +119,11 @@ def grad_cam_plus_plus(model: nn.Module, variables: Mapping, images, class_index
     return _normalise(jnp.einsum("nhwk,nk->nhw", a, weights))
 
 
-@partial(jax.jit, static_argnames=("model", "head", "squash", "target"))
-def _input_grads(model, variables, images, class_index, head, squash, target):
+@partial(jax.jit, static_argnames=("model", "head", "target"))
+def _input_grads(model, variables, images, class_index, head, target):
     def total_score(x):
-        z, _ = capture.apply_perturbed(model, variables, x, None, 0.0, head)
-        return _scores(z, squash, class_index, target)[0].sum()
+        z, _ = capture.apply_logits(model, variables, x, head)
+        return _scores(z, class_index, target).sum()
 
     return jax.grad(total_score)(images)
 
@@ -139,7 +134,7 @@ def saliency(model: nn.Module, variables: Mapping, images, class_index=None, tar
     images: (N, H, W, C) float32. Returns (N, H, W) float32 in [0, 1] (divided by each map's max).
     """
     infos = capture.layer_infos(model, variables, images)
-    head, squash = capture.squashed_head(infos)
+    head = capture.squashed_head(infos)
     _check(images, class_index, target, infos[-1].shape[-1])
-    g = _input_grads(model, variables, images, class_index, head, squash, target)
+    g = _input_grads(model, variables, images, class_index, head, target)
     return _normalise(jnp.abs(g).max(axis=-1))

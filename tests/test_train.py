@@ -92,6 +92,12 @@ def test_bad_inputs_have_clear_errors():
         Trainer(tiny()).fit([], verbose=0)
     with pytest.raises(RuntimeError, match="no variables yet"):
         Trainer(tiny()).save("unused")
+    t = Trainer(tiny())
+    t.build(x[:2])
+    v = t.variables
+    v["params"]["dense"]["kernel"] = v["params"]["dense"]["kernel"][:-1]
+    with pytest.raises(ValueError, match=r"params/dense/kernel has shape \(35, 1\), expected \(36, 1\)"):
+        t.set_variables(v)
 
 
 def test_user_variables_survive_donation_and_dropout_is_train_only():

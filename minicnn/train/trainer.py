@@ -83,6 +83,19 @@ def _copy(tree):
     return jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), tree)
 
 
+def _check_like(new, old) -> None:
+    """Raise naming the first variable whose path or shape differs between ``new`` and ``old``."""
+    new_flat, old_flat = traverse_util.flatten_dict(new), traverse_util.flatten_dict(old)
+    for path in sorted(new_flat.keys() | old_flat.keys()):
+        where = "/".join(path)
+        if path not in new_flat or path not in old_flat:
+            raise ValueError(f"set_variables: {where} is {'missing' if path not in new_flat else 'unexpected'} "
+                             f"(the model's variables and the new ones must have the same layers)")
+        if np.shape(new_flat[path]) != np.shape(old_flat[path]):
+            raise ValueError(f"set_variables: {where} has shape {np.shape(new_flat[path])}, "
+                             f"expected {np.shape(old_flat[path])}")
+
+
 @functools.lru_cache(maxsize=32)
 def _jitted_init(model: nn.Module):
     """``model.init`` jitted once per model: eager init would compile every op separately."""
@@ -153,8 +166,9 @@ class Trainer:
     def set_variables(self, variables: dict) -> None:
         """Replace params (and batch_stats, if given) keeping the optimizer state and step."""
         self._require_built("set_variables")
-        self.state = {**self.state, "params": _copy(variables["params"]),
-                      "batch_stats": _copy(variables.get("batch_stats", self.state["batch_stats"]))}
+        new = {"params": variables["params"], "batch_stats": variables.get("batch_stats", self.state["batch_stats"])}
+        _check_like(new, {"params": self.state["params"], "batch_stats": self.state["batch_stats"]})
+        self.state = {**self.state, **_copy(new)}
 
     @property
     def trainable(self):
@@ -176,7 +190,7 @@ class Trainer:
             return
         self._flat_mask = partition.flat_mask(self.state["params"], mask)
         trainable, _ = partition.split(self.state["params"], self._flat_mask)
-        self.state["opt_state"] = self.tx.init(trainable)
+        self.state["opt_state"] = _copy(self.tx.init(trainable))  # own buffers: the state is donated
         self._train_step = self._make_train_step()
         self._eval_step = self._make_eval_step()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from minicnn.weights.registry import entry, home
 
-__all__ = ["get", "fetch", "download", "cached_file", "file_hash", "WeightsUnavailableError"]
+__all__ = ["get", "fetch", "download", "cached_file", "local_file", "file_hash", "WeightsUnavailableError"]
 
 CHUNK = 1 << 20
 
@@ -95,6 +95,18 @@ def download(e: Mapping, dest: Path, progress: bool = True, retries: int = 3, ti
         raise ValueError(f"{error}; the corrupt download was removed")
     os.replace(part, dest)
     return dest
+
+
+def local_file(e: Mapping) -> Path | None:
+    """Where a registered set already is on disk (cache or installed package), without checking it."""
+    if cached_file(e).exists():
+        return cached_file(e)
+    if e.get("package"):
+        try:
+            return _package_file(e)
+        except WeightsUnavailableError:
+            return None
+    return None
 
 
 def _package_file(e: Mapping) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from minicnn.weights import keras_h5, store, torch_layouts, torch_pth
-from minicnn.weights.fetch import cached_file, get
+from minicnn.weights.fetch import cached_file, get, local_file
 from minicnn.weights.registry import entry, home, registry
 
 __all__ = ["pretrained_variables", "port", "port_file", "list_weights", "detect_format", "ARCHS"]
@@ -224,10 +224,10 @@ def list_weights(table: Mapping | None = None) -> list[dict]:
     rows = []
     for name in table:
         e = entry(name, table)
-        cached = cached_file(e)
+        cached = local_file(e)
         rows.append({"name": name, "arch": e["arch"], "include_top": e["include_top"], "format": e["format"],
                      "size": e.get("size"), "preprocessing": e["preprocessing"], "license": e.get("license"),
                      "source": e.get("url") or f"pypi:{e.get('package')}",
-                     "cached": str(cached) if cached.exists() else None,
+                     "cached": str(cached) if cached else None,
                      "ported": str(_ported_dir(name)) if _ported_dir(name).exists() else None})
     return rows

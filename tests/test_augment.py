@@ -14,6 +14,7 @@ from skimage import data, transform
 from minicnn.augment import FILL_MODES, PARAM_NAMES, ImageAugmenter
 
 legacy = pytest.importorskip("keras.src.legacy.preprocessing.image", reason="parity needs Keras 3")
+pytestmark = pytest.mark.filterwarnings("ignore:Please import `affine_transform`:DeprecationWarning")  # Keras' import
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 

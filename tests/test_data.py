@@ -177,6 +177,14 @@ def test_validation_split_matches_keras_and_partitions_the_files(folder):
         assert sorted(zip(ds.filepaths, ds.classes)) == sorted(zip(map(os.path.normpath, k_paths), k_labels))
 
 
+def test_argument_errors(folder):
+    for bad in (dict(target_size=150), dict(color_mode="rgba"), dict(interpolation="area"), dict(class_mode="raw")):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            image_dataset_from_directory(folder, **{"target_size": SIZE, **bad})
+    with pytest.raises(ValueError, match="on_error"):
+        image_dataset_from_directory(folder, SIZE, on_error="ignore")
+
+
 def test_split_argument_errors(folder):
     with pytest.raises(ValueError, match="needs a seed"):
         image_dataset_from_directory(folder, SIZE, validation_split=0.2, subset="training")

@@ -12,7 +12,14 @@ import numpy as np
 from PIL import Image
 
 from minicnn.data.dataset import Dataset, epoch_order, num_batches
-from minicnn.data.decode import IMAGE_EXTENSIONS, BadImageError, check_image, decode_image
+from minicnn.data.decode import (
+    COLOR_MODES,
+    IMAGE_EXTENSIONS,
+    INTERPOLATIONS,
+    BadImageError,
+    check_image,
+    decode_image,
+)
 
 __all__ = ["DirectoryDataset", "image_dataset_from_directory"]
 
@@ -249,8 +256,12 @@ def image_dataset_from_directory(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if not (isinstance(prefetch, int) and prefetch >= 1):
         raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
-    if len(target_size) != 2:
+    if np.shape(target_size) != (2,):
         raise ValueError(f"target_size must be (height, width), got {target_size!r}")
+    if color_mode not in COLOR_MODES:
+        raise ValueError(f"color_mode must be one of {tuple(COLOR_MODES)}, got {color_mode!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {interpolation!r}")
     if validation_split is not None and not 0 < validation_split < 1:
         raise ValueError(f"validation_split must be strictly between 0 and 1, got {validation_split!r}")
     if (validation_split is None) != (subset is None):

@@ -55,18 +55,19 @@ class History(Callback):
         then the same for loss. ``smooth`` (e.g. 0.8) applies :func:`smooth_curve` first.
 
         With ``path`` (e.g. ``"history.png"``) saves ``<stem>_accuracy<ext>`` and ``<stem>_loss<ext>``
-        and returns their paths; without, returns the two matplotlib figures.
+        and returns their paths; without, returns the two matplotlib figures. Figures are drawn
+        with the Agg canvas, not pyplot, so no GUI backend or global figure state is involved.
         """
-        import matplotlib
-        if path is not None:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
         figures, paths = [], []
         for key, label in ((metric, metric.capitalize()), ("loss", "Loss")):
             if key not in self.history:
                 raise KeyError(f"History.plot: no {key!r} in the history (keys: {sorted(self.history)})")
-            fig, ax = plt.subplots()
+            fig = Figure()
+            FigureCanvasAgg(fig)
+            ax = fig.subplots()
             for name, style, kind in ((key, "bo", "Training"), (f"val_{key}", "b", "Validation")):
                 if name in self.history:
                     ys = self.history[name]
@@ -80,7 +81,6 @@ class History(Callback):
                 p = Path(path)
                 out = p.with_name(f"{p.stem}_{key}{p.suffix or '.png'}")
                 fig.savefig(out)
-                plt.close(fig)
                 paths.append(out)
             else:
                 figures.append(fig)

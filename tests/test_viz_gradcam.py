@@ -215,7 +215,7 @@ def efficientnet(tmp_path_factory):
     return model, variables, x
 
 
-TABBY, TIGER_CAT, EGYPTIAN_CAT, ESPRESSO = 281, 282, 285, 967
+TABBY, ESPRESSO = 281, 967
 
 
 def left_mass(cam):
@@ -225,22 +225,20 @@ def left_mass(cam):
 
 def test_cat_and_espresso_maps_fall_on_their_halves(efficientnet):
     model, variables, x = efficientnet
-    maps = grad_cam(model, variables, jnp.concatenate([x] * 4), class_index=[TABBY, TIGER_CAT, EGYPTIAN_CAT, ESPRESSO])
-    assert maps.shape == (4, 7, 14)
-    for cat in maps[:3]:
-        assert left_mass(cat) >= 0.7
-    assert 1 - left_mass(maps[3]) >= 0.7
+    cat, espresso = grad_cam(model, variables, jnp.concatenate([x, x]), class_index=[TABBY, ESPRESSO])
+    assert cat.shape == (7, 14)
+    assert left_mass(cat) >= 0.7
+    assert 1 - left_mass(espresso) >= 0.7
     assert 1 - left_mass(grad_cam_plus_plus(model, variables, x, class_index=ESPRESSO)) >= 0.7
 
 
 def test_randomising_the_pretrained_classifier_changes_the_map(efficientnet):
     model, variables, x = efficientnet
     head = variables["params"]["predictions"]
-    key = jax.random.key(9)
-    randomised = {**variables, "params": {**variables["params"], "predictions": {
-        "kernel": jax.random.permutation(key, head["kernel"].ravel()).reshape(head["kernel"].shape),
-        "bias": head["bias"]}}}
-    for cls in (TABBY, ESPRESSO):
-        before = np.asarray(grad_cam(model, variables, x, class_index=cls)).ravel()
-        after = np.asarray(grad_cam(model, randomised, x, class_index=cls)).ravel()
-        assert spearmanr(before, after)[0] < 0.5
+    kernel = jax.random.permutation(jax.random.key(9), head["kernel"].ravel()).reshape(head["kernel"].shape)
+    randomised = {**variables, "params": {**variables["params"], "predictions": {**head, "kernel": kernel}}}
+    both, classes = jnp.concatenate([x, x]), [TABBY, ESPRESSO]
+    before = np.asarray(grad_cam(model, variables, both, class_index=classes))
+    after = np.asarray(grad_cam(model, randomised, both, class_index=classes))
+    for b, a in zip(before, after):
+        assert spearmanr(b.ravel(), a.ravel())[0] < 0.5

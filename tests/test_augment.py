@@ -217,7 +217,7 @@ def test_show_augmentations_tiles_the_augmenter_output():
 
     cat = (photo("chelsea", (30, 40)) * 255).round()
     aug = ImageAugmenter(rotation_range=40, horizontal_flip=True, rescale=1 / 255)
-    grid = show_augmentations(cat, aug, n=6, seed=1, columns=4, gap=2)
+    grid = show_augmentations(cat, aug, n=6, key=jax.random.key(1), columns=4, gap=2)
     assert grid.mode == "RGB" and grid.size == (4 * 40 + 3 * 2, 2 * 30 + 2)
     tiles = np.clip(np.rint(np.asarray(aug(jax.random.key(1), np.stack([cat] * 6))) / aug.rescale), 0, 255)
     pixels = np.asarray(grid)

@@ -314,9 +314,10 @@ def test_uint8_batches_reach_the_augmenter_unconverted_with_the_same_result():
     x = np.stack([_rgb(i, (20, 24)) for i in range(6)])  # uint8
     aug = ImageAugmenter(rotation_range=25, zoom_range=0.2, horizontal_flip=True)
     via_uint8 = [np.asarray(b) for b in from_arrays(x, batch_size=4, seed=2, augment=aug)]
-    via_float = [np.asarray(b) for b in from_arrays(x, batch_size=4, seed=2).map(aug, seed=2)]
+    via_float = [np.asarray(b) for b in from_arrays(x, batch_size=4, seed=2).map(aug, seed=2, dtype=np.float32)]
     stored = from_arrays(x, batch_size=4, seed=2).map(lambda b: b, dtype=None)
     assert next(iter(stored)).dtype == np.uint8
+    assert next(iter(from_arrays(x, batch_size=4).map(lambda b: b))).dtype == np.float32  # the default for fns
     for a, b in zip(via_uint8, via_float):
         assert a.dtype == np.float32
         np.testing.assert_allclose(a, b, atol=1e-4)

@@ -6,9 +6,9 @@ A dataset is re-iterable: each ``iter(ds)`` is one epoch that ends by itself, re
 of an epoch is smaller when the sample count is not a multiple of ``batch_size`` (as in Keras) unless
 ``drop_remainder=True``. ``ds.map(fn)`` moves ``x`` to the device and applies ``fn`` batch by batch.
 
-Internally a dataset produces batches in their stored dtype (uint8 for 8-bit images) and casts to float32 last;
-``map(fn, dtype=None)`` hands ``fn`` the stored dtype, a quarter of the bytes to move and to gather, which is what
-``augment=`` does (``ImageAugmenter`` casts after resampling).
+Internally a dataset produces batches in their stored dtype (uint8 for 8-bit images) and casts to float32 last.
+An ``ImageAugmenter`` given to ``map`` (or ``augment=``) gets the stored dtype: it casts after resampling, so a
+quarter of the bytes move to the device and through its gathers.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Callable, Iterator
 
 import jax
 import numpy as np
+
+from minicnn.augment import ImageAugmenter
 
 __all__ = ["Dataset", "ArrayDataset", "MappedDataset", "from_arrays"]
 
@@ -70,14 +72,17 @@ class Dataset:
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def map(self, fn: Callable, seed: int | None = None, dtype=np.float32) -> "MappedDataset":
+    def map(self, fn: Callable, seed: int | None = None, dtype="auto") -> "MappedDataset":
         """A dataset yielding ``fn(x)`` instead of ``x`` (labels untouched), ``x`` moved to the default device.
 
         With ``seed``, ``fn`` is called as ``fn(key, x)`` with a PRNG key folded from (seed, epoch, batch index),
-        the signature of ``ImageAugmenter``, so augmented runs are reproducible. ``x`` reaches ``fn`` as float32,
-        or in its stored dtype (uint8 for 8-bit images) with ``dtype=None``. ``fn`` should be jitted (an
-        ``ImageAugmenter`` is); its output may stay a JAX array on device.
+        the signature of ``ImageAugmenter``, so augmented runs are reproducible. ``x`` reaches ``fn`` as
+        ``dtype``: None keeps the stored dtype (uint8 for 8-bit images); "auto" is None for an ``ImageAugmenter``
+        and float32 otherwise. ``fn`` should be jitted (an ``ImageAugmenter`` is); its output may stay a JAX array
+        on device.
         """
+        if isinstance(dtype, str) and dtype == "auto":
+            dtype = None if isinstance(fn, ImageAugmenter) else np.float32
         return MappedDataset(self, fn, seed, dtype)
 
 
@@ -121,14 +126,14 @@ def from_arrays(
     ``augment``: an ``ImageAugmenter`` applied to each batch on device (``ds.map(augment, seed)``).
     """
     ds = ArrayDataset(x, y, batch_size, shuffle, seed, drop_remainder)
-    return ds if augment is None else ds.map(augment, seed=ds.seed, dtype=None)
+    return ds if augment is None else ds.map(augment, seed=ds.seed)
 
 
 class MappedDataset(Dataset):
     """``parent`` with ``fn`` applied to each batch's images on device. Other attributes read through to
     ``parent`` (``class_names``, ``samples``, ...)."""
 
-    def __init__(self, parent: Dataset, fn: Callable, seed: int | None, dtype=np.float32):
+    def __init__(self, parent: Dataset, fn: Callable, seed: int | None, dtype):
         super().__init__(parent.batch_size, parent.shuffle, parent.seed, parent.drop_remainder)
         self.parent, self.fn, self.key_seed, self.dtype = parent, fn, seed, dtype
 

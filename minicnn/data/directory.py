@@ -297,7 +297,7 @@ def image_dataset_from_directory(
     )
     if validation_split is None:
         ds = DirectoryDataset(paths, classes, class_names, **settings)
-        return ds if augment is None else ds.map(augment, seed=ds.seed, dtype=None)
+        return ds if augment is None else ds.map(augment, seed=ds.seed)
     n_val = int(validation_split * len(paths))
     if n_val == 0 or n_val == len(paths):
         raise ValueError(
@@ -307,7 +307,7 @@ def image_dataset_from_directory(
     subsets = {}
     if subset in ("training", "both"):
         train = DirectoryDataset(paths[:-n_val], classes[:-n_val], class_names, **settings)
-        subsets["training"] = train if augment is None else train.map(augment, seed=train.seed, dtype=None)
+        subsets["training"] = train if augment is None else train.map(augment, seed=train.seed)
     if subset in ("validation", "both"):
         subsets["validation"] = DirectoryDataset(paths[-n_val:], classes[-n_val:], class_names, **settings)
     return (subsets["training"], subsets["validation"]) if subset == "both" else subsets[subset]

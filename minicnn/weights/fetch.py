@@ -69,13 +69,17 @@ def download(e: Mapping, dest: Path, progress: bool = True, retries: int = 3, ti
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 if have and response.status != 206:
                     have = 0  # the server ignored the Range header: start over
-                total = have + int(response.headers.get("Content-Length") or 0) or e.get("size")
+                length = response.headers.get("Content-Length")
+                total = have + int(length) if length else e.get("size")
                 with open(part, "ab" if have else "wb") as out, \
                         tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name,
                              disable=not progress) as bar:
                     while block := response.read(CHUNK):
                         out.write(block)
                         bar.update(len(block))
+                received = part.stat().st_size
+                if total and received < total:  # read(n) returns b"" when the peer hangs up early
+                    raise http.client.IncompleteRead(b"", total - received)
             break
         except urllib.error.HTTPError as err:
             if err.code == 416 and have:  # nothing left to send: the .part is complete

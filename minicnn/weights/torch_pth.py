@@ -113,38 +113,20 @@ class _RestrictedUnpickler(pickle.Unpickler):
             self.storages[key] = _Storage(storage_type.dtype, int(numel))
             if self.load_storage is not None:
                 self.storages[key].data = self.load_storage(key, storage_type.dtype)
-        root = self.storages[key]
-        if view is None:
-            return root
-        _view_key, offset, size = view  # a slice of a shared storage, legacy format only
-        sliced = _Storage(root.dtype, size)
-        sliced.data = _LazySlice(root, offset, size)
-        return sliced
+        if view is not None:  # storage views: written only by PyTorch < 0.4, never for a state dict
+            raise ValueError(f"{self.where}: storage {key} is a view of another storage, which minicnn "
+                             f"does not read; re-save the state dict with a current torch.save")
+        return self.storages[key]
 
 
-class _LazySlice:
-    """Storage views are resolved after the legacy stream's raw data has been read."""
-
-    def __init__(self, root, offset, size):
-        self.root, self.offset, self.size = root, offset, size
-
-
-def _resolve(tensor: _Tensor) -> np.ndarray:
-    storage = tensor.storage
-    if isinstance(storage.data, _LazySlice):
-        s = storage.data
-        storage.data = s.root.data[s.offset:s.offset + s.size]
-    return tensor.numpy()
-
-
-def _flatten(obj, where: str, prefix: str = "") -> dict[str, np.ndarray]:
+def _flatten(obj, prefix: str = "") -> dict[str, np.ndarray]:
     """{"features.0.weight": array, ...}; a checkpoint dict nesting the state dict is flattened too."""
     if isinstance(obj, _Tensor):
-        return {prefix: _resolve(obj)}
+        return {prefix: obj.numpy()}
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            out.update(_flatten(v, where, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {}  # ints, strings, hyper-parameters stored next to the tensors
 
@@ -203,6 +185,6 @@ def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     where = str(path)
     if zipfile.is_zipfile(path):
-        return _flatten(_read_zip(path, where), where)
+        return _flatten(_read_zip(path, where))
     with open(path, "rb") as f:
-        return _flatten(_read_legacy(f, where), where)
+        return _flatten(_read_legacy(f, where))

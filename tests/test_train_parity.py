@@ -57,8 +57,11 @@ def test_per_step_losses_match_keras(batches, name, keras_opt, lr):
     ours, theirs = np.array(ours), np.array(theirs)
     np.testing.assert_allclose(ours[:, 0], theirs[:, 0], rtol=1e-4)
     np.testing.assert_array_equal(ours[:, 1], theirs[:, 1])
+    # Weights: Adam's step is about lr whatever the gradient's size, so float noise in a near-zero
+    # gradient can flip a weight's step; compare the difference with how far the weights moved.
     final = keras_variables(km, names)["params"]
     for layer in names:
-        assert not np.allclose(final[layer]["kernel"], initial["params"][layer]["kernel"])  # both trained
-        np.testing.assert_allclose(trainer.variables["params"][layer]["kernel"], final[layer]["kernel"],
-                                   rtol=1e-3, atol=1e-6, err_msg=layer)
+        moved = final[layer]["kernel"] - initial["params"][layer]["kernel"]
+        diff = trainer.variables["params"][layer]["kernel"] - final[layer]["kernel"]
+        assert np.linalg.norm(moved) > 1e-3, layer
+        assert np.linalg.norm(diff) < 0.02 * np.linalg.norm(moved), layer

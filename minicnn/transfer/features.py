@@ -6,6 +6,7 @@ keep its outputs, train a small dense head on them in seconds.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -71,6 +72,7 @@ def extract_features(model: nn.Module, variables: Mapping, dataset: Iterable, la
     return features, labels
 
 
+@functools.lru_cache(maxsize=16)  # modules compare by value: the same base compiles once
 def _forward(model: nn.Module, layer: str | None):
     if layer is None:
         return jax.jit(lambda v, x: model.apply(v, x, train=False))

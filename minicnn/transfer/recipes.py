@@ -1,0 +1,159 @@
+"""The four chapter-5 recipes, each one call returning a :class:`~minicnn.train.History`.
+
+>>> history = fine_tune(VGG16(include_top=False, weights="imagenet"), train, val,
+...                     unfreeze_from="block5_conv1", augment=ImageAugmenter(rotation_range=40, ...),
+...                     preprocess=lambda x: preprocess_input(x, "caffe"))
+>>> history.trainer.evaluate(test)     # the trained model: history.trainer.variables
+
+Datasets are re-iterables of ``(x, y)`` batches in pixel space (:func:`minicnn.data.from_arrays`,
+``image_dataset_from_directory``); ``augment`` (an ``ImageAugmenter``, training data only) runs
+before ``preprocess`` (the base's input scaling), batch by batch on the device. Pretrained models
+are ``Sequential([base, *head])``, named as in the lecture (``vgg16``, ``flatten``, ``dense``,
+``dropout``, ``dense_1``). Training goes through :class:`minicnn.train.Trainer`, whose step
+differentiates only the trainable parameters and runs frozen BatchNormalization in inference mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from minicnn.data import from_arrays
+from minicnn.layers import Dense, Dropout, Flatten, Sequential
+from minicnn.train import History, Trainer, optimizers
+from minicnn.transfer.features import extract_features
+from minicnn.transfer.masks import trainable_mask
+
+__all__ = ["train_from_scratch", "feature_extraction", "feature_extraction_with_augmentation", "fine_tune",
+           "default_head", "pretrained_model"]
+
+
+def default_head(classes: int = 1) -> list[nn.Module]:
+    """The lecture's classifier: Flatten, Dense(256, relu), Dropout(0.5), then a sigmoid unit
+    (``classes=1``, binary) or a softmax over ``classes``."""
+    return [Flatten(), Dense(256, activation="relu"), Dropout(0.5),
+            Dense(classes, activation="sigmoid" if classes == 1 else "softmax")]
+
+
+def _loss(classes: int) -> str:
+    return "binary_crossentropy" if classes == 1 else "sparse_categorical_crossentropy"
+
+
+def _optimizer(optimizer, learning_rate: float):
+    """A Keras optimizer name at ``learning_rate``, or an optax transform as given (its own rate)."""
+    return optimizers.get(optimizer, learning_rate=learning_rate) if isinstance(optimizer, str) else optimizer
+
+
+def _prepared(data, augment=None, preprocess=None, seed: int = 0):
+    """``data`` with ``augment`` (keyed from ``seed``) then ``preprocess`` applied to every batch's x."""
+    if data is None:
+        return None
+    if (augment or preprocess) and not hasattr(data, "map"):
+        raise TypeError(f"augment/preprocess need a minicnn dataset (from_arrays, image_dataset_from_directory), "
+                        f"got {type(data).__name__}")
+    if augment is not None:
+        data = data.map(augment, seed=seed)
+    return data if preprocess is None else data.map(preprocess)
+
+
+def _first_x(data):
+    batch = next(iter(data))
+    return jnp.asarray(batch[0] if isinstance(batch, (tuple, list)) else batch)
+
+
+def pretrained_model(base: nn.Module, x, variables=None, head: Sequence[nn.Module] | None = None,
+                     classes: int = 1, seed: int = 0):
+    """``(Sequential([base, *head]), its variables)`` for inputs like ``x`` (N, H, W, C).
+
+    The base's variables are ``variables`` when given (e.g. ported weights; the base is then
+    not initialised at all, which for VGG16 saves drawing 14.7M random numbers), else its own
+    initialisers' (pretrained with ``weights="imagenet"``); the head is initialised from ``seed``.
+    """
+    model = Sequential([base, *(default_head(classes) if head is None else head)])
+    keys = {"params": jax.random.key(seed), "dropout": jax.random.key(seed)}
+    if variables is None:
+        return model, jax.jit(model.init)(keys, x)
+    names = model.layer_names()
+    top = Sequential([layer.clone(name=name) for layer, name in zip(model.layers[1:], names[1:])])
+    features = jax.eval_shape(lambda v, x: base.apply(v, x, train=False), variables, x)
+    full = jax.jit(top.init)(keys, jnp.zeros(features.shape, features.dtype))
+    full = {c: dict(full.get(c, {})) for c in set(full) | set(variables)}
+    for collection, tree in variables.items():
+        full[collection][names[0]] = tree
+    return model, full
+
+
+def train_from_scratch(model: nn.Module, train, validation=None, *, epochs: int = 30, classes: int = 1,
+                       optimizer="rmsprop", learning_rate: float = 1e-4, augment=None, preprocess=None,
+                       variables=None, seed: int = 0, verbose: int = 0) -> History:
+    """Train every parameter of ``model`` (e.g. :func:`minicnn.models.small_convnet`) from its
+    random initialisation (seeded by ``seed``), or from ``variables`` when given."""
+    trainer = Trainer(model, _loss(classes), _optimizer(optimizer, learning_rate), variables=variables)
+    return trainer.fit(_prepared(train, augment, preprocess, seed), epochs=epochs, seed=seed, verbose=verbose,
+                       validation_data=_prepared(validation, preprocess=preprocess))
+
+
+def feature_extraction(base: nn.Module, train, validation=None, *, variables=None, head=None, classes: int = 1,
+                       epochs: int = 30, optimizer="rmsprop", learning_rate: float = 2e-5, preprocess=None,
+                       cache_dir=None, seed: int = 0, verbose: int = 0) -> History:
+    """Run the frozen ``base`` once over ``train`` and ``validation`` (:func:`extract_features`,
+    cached in ``cache_dir``), then train ``head`` (default :func:`default_head`) on the features.
+
+    ``history.trainer`` holds the head alone, taking features as input. ``optimizer``: a Keras
+    name at ``learning_rate`` or an optax transform (with its own rate), in every recipe.
+    """
+    base_vars = variables if variables is not None else jax.jit(base.init)(
+        jax.random.key(seed), _first_x(_prepared(train, preprocess=preprocess)))
+
+    def features(data, shuffle):
+        f, y = extract_features(base, base_vars, _prepared(data, preprocess=preprocess), cache_dir=cache_dir,
+                                verbose=bool(verbose))
+        return from_arrays(f, y, batch_size=getattr(data, "batch_size", 32), shuffle=shuffle, seed=seed)
+
+    head = Sequential(default_head(classes) if head is None else head)
+    trainer = Trainer(head, _loss(classes), _optimizer(optimizer, learning_rate))
+    return trainer.fit(features(train, True), epochs=epochs, seed=seed, verbose=verbose,
+                       validation_data=None if validation is None else features(validation, False))
+
+
+def feature_extraction_with_augmentation(base: nn.Module, train, validation=None, *, variables=None, head=None,
+                                         classes: int = 1, epochs: int = 30, optimizer="rmsprop",
+                                         learning_rate: float = 2e-5, augment=None, preprocess=None,
+                                         seed: int = 0, verbose: int = 0) -> History:
+    """Train ``Sequential([base, *head])`` end to end on (augmented) batches with the whole base
+    frozen (``conv_base.trainable = False``): the base runs forward on every batch, gradients stop
+    at the head."""
+    model, full = pretrained_model(base, _first_x(_prepared(train, preprocess=preprocess)), variables, head,
+                                   classes, seed)
+    mask = trainable_mask(full, "all", layers=[model.layer_names()[0]])
+    trainer = Trainer(model, _loss(classes), _optimizer(optimizer, learning_rate),
+                      variables=full, trainable=mask)
+    return trainer.fit(_prepared(train, augment, preprocess, seed), epochs=epochs, seed=seed, verbose=verbose,
+                       validation_data=_prepared(validation, preprocess=preprocess))
+
+
+def fine_tune(base: nn.Module, train, validation=None, *, unfreeze_from: str, variables=None, head=None,
+              classes: int = 1, epochs: tuple[int, int] = (30, 100), optimizer="rmsprop",
+              learning_rates: tuple[float, float] = (2e-5, 1e-5), augment=None, preprocess=None,
+              seed: int = 0, verbose: int = 0) -> History:
+    """The lecture's fine-tuning: phase 1 trains the head on top of the frozen base
+    (:func:`feature_extraction_with_augmentation`, ``epochs[0]`` epochs at ``learning_rates[0]``);
+    phase 2 unfreezes ``unfreeze_from`` (e.g. ``"block5_conv1"``) and every layer after it and
+    trains ``epochs[1]`` more epochs at ``learning_rates[1]`` with a fresh optimizer state. The
+    History covers both phases, epoch numbers running on.
+    """
+    history = feature_extraction_with_augmentation(
+        base, train, validation, variables=variables, head=head, classes=classes, epochs=epochs[0],
+        optimizer=optimizer, learning_rate=learning_rates[0], augment=augment, preprocess=preprocess,
+        seed=seed, verbose=verbose)
+    trainer = history.trainer
+    x = _first_x(_prepared(train, preprocess=preprocess))
+    mask = trainable_mask(trainer.variables, from_layer=unfreeze_from, model=trainer.model,
+                          input_shape=x.shape[1:])
+    trainer.set_trainable(mask, _optimizer(optimizer, learning_rates[1]))
+    return trainer.fit(_prepared(train, augment, preprocess, seed + 1), epochs=sum(epochs),
+                       initial_epoch=epochs[0], seed=seed, verbose=verbose,
+                       validation_data=_prepared(validation, preprocess=preprocess))

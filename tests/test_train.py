@@ -88,6 +88,8 @@ def test_bad_inputs_have_clear_errors():
         Trainer(tiny()).fit(x, y[:-1], verbose=0)
     with pytest.raises(ValueError, match="batch_size applies to array inputs only"):
         Trainer(tiny()).fit([(x, y)], batch_size=4, verbose=0)
+    with pytest.raises(TypeError, match="did you mean epochs=5"):
+        Trainer(tiny()).fit([(x, y)], 5)
     with pytest.raises(ValueError, match="yielded no batches"):
         Trainer(tiny()).fit([], verbose=0)
     with pytest.raises(RuntimeError, match="no variables yet"):

@@ -60,6 +60,10 @@ def _array_batches(x, y, batch_size: int, order=None):
 def _as_batches(data, y, batch_size, what: str, shuffle_seed=None):
     """Normalise ``data`` (batches, or arrays with ``y``/a 2-tuple) to a re-iterable of batches."""
     if y is not None:
+        if not (hasattr(y, "shape") and hasattr(data, "shape")):
+            hint = f"; did you mean epochs={y}?" if isinstance(y, int) else ""
+            raise TypeError(f"{what}(x, y): with y, x and y must be arrays (got {type(data).__name__} and "
+                            f"{type(y).__name__}){hint} A dataset of (x, y) batches goes alone: {what}(dataset)")
         data = (data, y)
     if _is_arrays(data):
         x, y = (np.asarray(a) for a in data)

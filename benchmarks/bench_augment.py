@@ -21,14 +21,14 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-from skimage import data as skdata  # noqa: E402
+import jax
+import numpy as np
+from PIL import Image
+from skimage import data as skdata
 
-from benchmarks.common import block, load_average, row, time_interleaved  # noqa: E402
-from minicnn.augment import ImageAugmenter  # noqa: E402
-from minicnn.data import from_arrays, image_dataset_from_directory  # noqa: E402
+from benchmarks.common import block, load_average, row, time_interleaved
+from minicnn.augment import ImageAugmenter
+from minicnn.data import from_arrays, image_dataset_from_directory
 
 LECTURE = dict(
     rotation_range=40,

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ImageAugmenter", "FILL_MODES", "PARAM_NAMES"]
+__all__ = ["FILL_MODES", "PARAM_NAMES", "ImageAugmenter"]
 
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")
 PARAM_NAMES = (
@@ -247,8 +247,8 @@ class ImageAugmenter:
     def __init__(
         self,
         rotation_range: float = 0.0,
-        width_shift_range: float | int | Sequence[float] = 0.0,
-        height_shift_range: float | int | Sequence[float] = 0.0,
+        width_shift_range: float | Sequence[float] = 0.0,
+        height_shift_range: float | Sequence[float] = 0.0,
         shear_range: float = 0.0,
         zoom_range: float | Sequence[float] = 0.0,
         horizontal_flip: bool = False,

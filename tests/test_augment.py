@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Please import `affine_transform`
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo(name, shape):
     return transform.resize(getattr(data, name)(), shape, anti_aliasing=True).astype(np.float32)
 

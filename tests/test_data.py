@@ -5,7 +5,6 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import math
 import warnings
 
 import jax
@@ -15,7 +14,12 @@ from PIL import Image
 from skimage import data as skdata
 
 from minicnn.augment import ImageAugmenter
-from minicnn.data import BadImageError, from_arrays, image_dataset_from_directory, load_image
+from minicnn.data import (
+    BadImageError,
+    from_arrays,
+    image_dataset_from_directory,
+    load_image,
+)
 
 SIZE = (24, 32)  # target (height, width): small, non-square
 
@@ -50,7 +54,7 @@ def make_folder(root, per_class=(5, 4), extra_formats=True):
         for i in range(count):
             ext, mode, kw = kinds[(i + c) % len(kinds)]
             rgb = Image.fromarray(_rgb(10 * c + i))
-            img = Image.fromarray((np.asarray(rgb.convert("L"), np.uint16) * 257)) if mode == "I;16" else rgb.convert(mode)
+            img = Image.fromarray(np.asarray(rgb.convert("L"), np.uint16) * 257) if mode == "I;16" else rgb.convert(mode)
             _save(root / name / f"{name}_{i:02d}.{ext}", img, **kw)
         (root / name / "notes.txt").write_text("not an image")
     if extra_formats:
@@ -293,7 +297,7 @@ def test_map_and_augment_run_on_device_reproducibly(folder):
         )
         return train, val, [np.asarray(b[0]) for b in train], [np.asarray(b[0]) for b in train]
 
-    train, val, first, second = run()
+    _, val, first, second = run()
     _, _, first_again, _ = run()
     for a, b in zip(first, first_again):
         np.testing.assert_array_equal(a, b)  # same seed: same augmented batches

@@ -1,15 +1,25 @@
 """Data: image folders and in-memory arrays to re-iterable batches (see ``dataset`` for the protocol)."""
 
 from minicnn.data.dataset import ArrayDataset, Dataset, MappedDataset, from_arrays
-from minicnn.data.decode import IMAGE_EXTENSIONS, BadImageError, check_image, decode_image, load_image
-from minicnn.data.directory import DirectoryDataset, image_dataset_from_directory, list_image_files
+from minicnn.data.decode import (
+    IMAGE_EXTENSIONS,
+    BadImageError,
+    check_image,
+    decode_image,
+    load_image,
+)
+from minicnn.data.directory import (
+    DirectoryDataset,
+    image_dataset_from_directory,
+    list_image_files,
+)
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "ArrayDataset",
     "BadImageError",
     "Dataset",
     "DirectoryDataset",
-    "IMAGE_EXTENSIONS",
     "MappedDataset",
     "check_image",
     "decode_image",

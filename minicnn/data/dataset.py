@@ -14,14 +14,14 @@ quarter of the bytes move to the device and through its gathers.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
 
 from minicnn.augment import ImageAugmenter
 
-__all__ = ["Dataset", "ArrayDataset", "MappedDataset", "from_arrays"]
+__all__ = ["ArrayDataset", "Dataset", "MappedDataset", "from_arrays"]
 
 
 def _new_seed() -> int:
@@ -72,7 +72,7 @@ class Dataset:
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def map(self, fn: Callable, seed: int | None = None, dtype="auto") -> "MappedDataset":
+    def map(self, fn: Callable, seed: int | None = None, dtype="auto") -> MappedDataset:
         """A dataset yielding ``fn(x)`` instead of ``x`` (labels untouched), ``x`` moved to the default device.
 
         With ``seed``, ``fn`` is called as ``fn(key, x)`` with a PRNG key folded from (seed, epoch, batch index),

@@ -8,7 +8,7 @@ import os
 import numpy as np
 from PIL import Image
 
-__all__ = ["BadImageError", "COLOR_MODES", "IMAGE_EXTENSIONS", "INTERPOLATIONS", "check_image", "decode_image", "load_image"]
+__all__ = ["COLOR_MODES", "IMAGE_EXTENSIONS", "INTERPOLATIONS", "BadImageError", "check_image", "decode_image", "load_image"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Keras' PIL_INTERPOLATION_METHODS: the same Pillow filters, so resized pixels are identical to Keras'.

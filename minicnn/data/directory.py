@@ -5,8 +5,8 @@ from __future__ import annotations
 import collections
 import os
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 import numpy as np
 from PIL import Image

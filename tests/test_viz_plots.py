@@ -17,7 +17,7 @@ def setup():
     model = Sequential([Conv2D(4, 3, activation="relu"), MaxPooling2D(2), Conv2D(32, 3, activation="relu"),
                         Flatten(), Dense(2)])
     x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
-    return model, model.init(jax.random.key(1), x), x
+    return model, jax.jit(model.init)(jax.random.key(1), x), x
 
 
 def test_activations_are_the_layer_outputs(setup):

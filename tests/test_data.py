@@ -166,6 +166,16 @@ def test_order_is_deterministic_under_a_seed_and_reshuffled_per_epoch(folder):
     np.testing.assert_array_equal(one_thread[0], a[0][0])
 
 
+def test_cache_decodes_each_file_once(folder):
+    ds = image_dataset_from_directory(folder, SIZE, batch_size=4, seed=1, cache=True)
+    first = collect(ds)
+    for path in ds.filepaths:
+        os.remove(path)  # later epochs must not need the files
+    second = collect(ds)
+    key = lambda a: sorted(map(bytes, a.reshape(len(a), -1)))
+    assert key(first[0]) == key(second[0]) and not np.array_equal(first[0], second[0])  # reshuffled
+
+
 def test_validation_split_matches_keras_and_partitions_the_files(folder):
     dataset_utils = pytest.importorskip("keras.src.utils.dataset_utils", reason="needs Keras 3")
     train, val = image_dataset_from_directory(folder, SIZE, validation_split=0.34, subset="both", seed=11)

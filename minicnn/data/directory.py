@@ -6,7 +6,7 @@ import collections
 import os
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
@@ -99,6 +99,7 @@ class DirectoryDataset(Dataset):
         max_pixels,
         num_workers,
         prefetch,
+        cache,
     ):
         super().__init__(batch_size, shuffle, seed, drop_remainder)
         self.class_names = list(class_names)
@@ -112,6 +113,7 @@ class DirectoryDataset(Dataset):
         self.max_pixels = max_pixels
         self.num_workers = num_workers
         self.prefetch = prefetch
+        self._cache = {} if cache else None  # path -> decoded array, filled by the first epoch
         self.skipped_files: list[str] = []
         self._paths, self._classes = list(paths), np.asarray(classes, np.int32)
         with ThreadPoolExecutor(num_workers) as pool:  # header-only pass: bad files and bombs fail here, early
@@ -162,9 +164,12 @@ class DirectoryDataset(Dataset):
 
     def _load(self, path):
         try:
-            return decode_image(path, self.target_size, self.color_mode, self.interpolation, self.max_pixels)
+            image = decode_image(path, self.target_size, self.color_mode, self.interpolation, self.max_pixels)
         except _BAD_FILE as e:
             return e
+        if self._cache is not None:
+            self._cache[path] = image
+        return image
 
     def _epoch_batches(self, epoch):
         paths, classes = list(self._paths), self._classes
@@ -178,15 +183,17 @@ class DirectoryDataset(Dataset):
 
             def submit(count):
                 for i in (next(order, None) for _ in range(count)):
-                    if i is not None:
-                        pending.append((i, pool.submit(self._load, paths[i])))
+                    if i is None:
+                        continue
+                    cached = None if self._cache is None else self._cache.get(paths[i])
+                    pending.append((i, pool.submit(self._load, paths[i]) if cached is None else cached))
 
             submit(self.prefetch * self.batch_size)
             images, indices = [], []
             while pending:
                 i, future = pending.popleft()
                 submit(1)
-                image = future.result()
+                image = future.result() if isinstance(future, Future) else future
                 if isinstance(image, Exception):
                     if self.on_error == "raise":
                         raise image
@@ -226,6 +233,7 @@ def image_dataset_from_directory(
     max_pixels: int | None = None,
     num_workers: int | None = None,
     prefetch: int = 2,
+    cache: bool = False,
     follow_links: bool = False,
     augment=None,
 ):
@@ -247,8 +255,10 @@ def image_dataset_from_directory(
     when the dataset is built; a file truncated after its header is found when it is decoded.
 
     ``num_workers`` decoding threads (default: Python's ThreadPoolExecutor default) stay ``prefetch`` batches
-    ahead. ``augment``: an ``ImageAugmenter`` applied on device to the training batches (never to the
-    validation subset).
+    ahead. ``cache=True`` keeps every decoded image in memory (uint8, ``samples * H * W * C`` bytes), so later
+    epochs skip the files and, with augmentation on the device, the host has almost nothing left to do.
+    ``augment``: an ``ImageAugmenter`` applied on device to the training batches (never to the validation
+    subset).
     """
     if class_mode not in CLASS_MODES:
         raise ValueError(f"class_mode must be one of {CLASS_MODES}, got {class_mode!r}")
@@ -294,6 +304,7 @@ def image_dataset_from_directory(
         max_pixels=max_pixels,
         num_workers=num_workers,
         prefetch=prefetch,
+        cache=cache,
     )
     if validation_split is None:
         ds = DirectoryDataset(paths, classes, class_names, **settings)

@@ -17,13 +17,20 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from minicnn.ops import winograd
+from minicnn.ops.policy import (CONV_ALGORITHMS, compiler_options, compute_dtype, conv_algorithm,
+                                get_compute_dtype, get_conv_algorithm, jit, set_compute_dtype,
+                                set_conv_algorithm)
+
 Padding = Union[str, int, tuple[tuple[int, int], tuple[int, int]]]
 
 __all__ = [
     "conv2d", "depthwise_conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
     "global_max_pool2d", "batch_norm_inference", "batch_norm_train", "dense", "dropout",
     "relu", "relu6", "sigmoid", "softmax", "output_size", "same_padding", "pair",
-    "check_input", "get_activation",
+    "check_input", "get_activation", "CONV_ALGORITHMS", "set_conv_algorithm", "get_conv_algorithm",
+    "conv_algorithm", "set_compute_dtype", "get_compute_dtype", "compute_dtype", "compiler_options",
+    "jit",
 ]
 
 
@@ -103,12 +110,31 @@ def check_input(x, rank: int = 4, channels: int | None = None, what: str = "inpu
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
+def _to_compute_dtype(x):
+    dtype = get_compute_dtype()
+    return x if dtype is None else x.astype(dtype)
+
+
+def _pick_conv_algorithm(algorithm, kernel, s, d, groups) -> str:
+    algorithm = algorithm or get_conv_algorithm()
+    if algorithm not in ("auto", *CONV_ALGORITHMS):
+        raise ValueError(f"conv2d algorithm must be one of {('auto', *CONV_ALGORITHMS)}, got {algorithm!r}")
+    eligible = kernel.shape[:2] == (3, 3) and s == (1, 1) and d == (1, 1) and groups == 1
+    # "auto" is XLA's convolution: Winograd's extra memory passes cost more than its 2.25x fewer
+    # multiplies on the CPUs measured (benchmarks/NOTES.md), and cuDNN picks Winograd itself on GPUs.
+    return "winograd" if algorithm == "winograd" and eligible else "xla"
+
+
 def conv2d(x, kernel, bias=None, strides=1, padding: Padding = "valid", dilation=1,
-           feature_group_count: int = 1):
+           feature_group_count: int = 1, algorithm: str | None = None):
     """2-D cross-correlation, as Keras' ``Conv2D``.
 
     x: (N, H, W, C) float; kernel: (kh, kw, C // groups, F); bias: (F,) or None.
     Returns (N, H', W', F) with H' = floor((H + pad - k_eff) / s) + 1.
+
+    algorithm: None (the process-wide :func:`set_conv_algorithm` choice, ``"auto"`` by default),
+    ``"auto"`` (currently ``"xla"``), ``"xla"`` (``lax.conv_general_dilated``) or ``"winograd"``
+    (F(2x2, 3x3), used only for 3x3 stride-1 dilation-1 ungrouped convs; others use ``"xla"``).
     """
     check_input(x, 4, what="conv2d input")
     if kernel.ndim != 4:
@@ -119,9 +145,13 @@ def conv2d(x, kernel, bias=None, strides=1, padding: Padding = "valid", dilation
     s, d = pair(strides, "strides"), pair(dilation, "dilation")
     pad = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], s, d)
     _check_fits(x, "conv2d", kernel.shape[:2], s, d, pad)
-    y = lax.conv_general_dilated(x, kernel.astype(x.dtype), window_strides=s, padding=pad,
-                                 rhs_dilation=d, dimension_numbers=_DIMS,
-                                 feature_group_count=feature_group_count)
+    x = _to_compute_dtype(x)
+    if _pick_conv_algorithm(algorithm, kernel, s, d, feature_group_count) == "winograd":
+        y = winograd.conv2d_3x3(x, kernel, pad)
+    else:
+        y = lax.conv_general_dilated(x, kernel.astype(x.dtype), window_strides=s, padding=pad,
+                                     rhs_dilation=d, dimension_numbers=_DIMS,
+                                     feature_group_count=feature_group_count)
     return y if bias is None else y + bias.astype(y.dtype)
 
 
@@ -209,6 +239,7 @@ def dense(x, kernel, bias=None):
     if x.shape[-1] != kernel.shape[0]:
         raise ValueError(f"dense: input has {x.shape[-1]} features (shape {tuple(x.shape)}) but the "
                          f"kernel {tuple(kernel.shape)} expects {kernel.shape[0]}")
+    x = _to_compute_dtype(x)
     y = jnp.dot(x, kernel.astype(x.dtype))
     return y if bias is None else y + bias.astype(y.dtype)
 

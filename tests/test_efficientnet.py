@@ -38,8 +38,8 @@ def photos():
 def logits(photos):
     model = EfficientNetLite0(weights="imagenet", classifier_activation=None)
     x = jnp.asarray(preprocess_input(photos, "tf"))
-    variables = model.init(jax.random.key(0), x[:1])
-    return np.asarray(model.apply(variables, x)), variables
+    variables = jax.jit(model.init)(jax.random.key(0), x[:1])  # jit: eager init compiles op by op
+    return np.asarray(jax.jit(model.apply)(variables, x)), variables
 
 
 def test_package_file_reads_like_torch_load():
@@ -82,7 +82,7 @@ def test_counts_and_batch_stats(logits):
 def test_new_head_on_pretrained_base_is_initialised_normally():
     base = EfficientNetLite0(include_top=False, weights="imagenet", pooling="avg")
     model = Sequential([base, Dense(3)], input_shape=(64, 64, 3))
-    variables = model.init(jax.random.key(1), jnp.zeros((1, 64, 64, 3)))
+    variables = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 64, 64, 3)))
     pretrained = pretrained_variables("efficientnet_lite0", "imagenet", False)
     np.testing.assert_array_equal(variables["params"]["efficient_net_lite0"]["top_conv"]["kernel"],
                                   pretrained["params"]["top_conv"]["kernel"])
@@ -90,15 +90,16 @@ def test_new_head_on_pretrained_base_is_initialised_normally():
     assert variables["params"]["dense"]["kernel"].shape == (1280, 3)
 
 
-def test_train_mode_updates_batch_stats_and_drops_paths():
-    model = EfficientNetLite0(classes=4, input_shape=(32, 32, 3))
+def test_train_mode_updates_batch_stats_and_drops_paths(logits):
+    variables = logits[1]
+    model = EfficientNetLite0(classifier_activation=None)
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-    variables = jax.jit(model.init)(jax.random.key(1), x)
-    train = jax.jit(lambda v, k: model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": k}))
-    (y1, updates), (y2, _) = train(variables, jax.random.key(2)), train(variables, jax.random.key(3))
-    assert y1.shape == (2, 4) and not np.allclose(y1, y2)  # dropout and drop-connect draw per key
-    assert not np.array_equal(updates["batch_stats"]["stem_bn"]["moving_variance"],
-                              variables["batch_stats"]["stem_bn"]["moving_variance"])
+    train = jax.jit(jax.vmap(lambda k: model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                                   rngs={"dropout": k})))
+    y, updates = train(jax.random.split(jax.random.key(2)))
+    assert y.shape == (2, 2, 1000) and not np.allclose(y[0], y[1])  # dropout and drop-connect draw per key
+    assert not np.allclose(updates["batch_stats"]["stem_bn"]["moving_variance"][0],
+                           variables["batch_stats"]["stem_bn"]["moving_variance"])
 
 
 @pytest.mark.parametrize("pooling, shape", [(None, (1, 2, 2, 1280)), ("avg", (1, 1280)), ("max", (1, 1280))])

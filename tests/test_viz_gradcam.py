@@ -251,3 +251,29 @@ def test_randomising_the_pretrained_classifier_changes_the_map(efficientnet):
     after = np.asarray(grad_cam(model, randomised, both, class_index=classes))
     for b, a in zip(before, after):
         assert spearmanr(b.ravel(), a.ravel())[0] < 0.5
+
+
+def test_grad_cam_equals_a_pytorch_hook_implementation(setup):
+    """The usual PyTorch Grad-CAM (forward hook keeps A, autograd gives dS/dA) on the same network."""
+    torch = pytest.importorskip("torch", reason="PyTorch autograd is the independent reference")
+    model, variables, x = setup
+    p = jax.tree.map(lambda v: torch.tensor(np.asarray(v)), variables["params"])
+    conv1 = torch.nn.Conv2d(3, 4, 3)
+    conv2 = torch.nn.Conv2d(4, 6, 3, padding=1)  # Keras "same" for a 3x3 stride-1 conv
+    dense = torch.nn.Linear(6 * 4 * 4, 5)
+    with torch.no_grad():
+        for layer, name in ((conv1, "conv2d"), (conv2, "conv2d_1")):
+            layer.weight.copy_(p[name]["kernel"].permute(3, 2, 0, 1))  # HWIO -> OIHW
+            layer.bias.copy_(p[name]["bias"])
+        dense.weight.copy_(p["dense"]["kernel"].T)
+        dense.bias.copy_(p["dense"]["bias"])
+    xt = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2)
+    a = torch.relu(conv2(torch.nn.functional.max_pool2d(torch.relu(conv1(xt)), 2)))
+    a.retain_grad()
+    pooled = torch.nn.functional.max_pool2d(a, 2).permute(0, 2, 3, 1)  # flatten in Keras' NHWC order
+    logits = dense(pooled.reshape(len(xt), -1))
+    logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+    weights = a.grad.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * a).sum(1))
+    cam = cam / cam.amax(dim=(1, 2), keepdim=True)
+    np.testing.assert_allclose(grad_cam(model, variables, x), cam.detach().numpy(), atol=1e-5)

@@ -125,3 +125,19 @@ def test_frozen_layers_cost_no_backward_convolutions():
     # block5 open: 13 forward, 3 kernel gradients, 2 input gradients (block5_conv2/3; none below)
     assert count_convolutions("block5_conv1") == 13 + 3 + 2
     assert count_convolutions(None) == 13 + 13 + 12  # all trainable: no input gradient for block1_conv1
+
+
+def test_fine_tune_keeps_batchnorm_frozen_unless_asked():
+    from minicnn.layers import BatchNormalization, Conv2D, Sequential
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 8, 8, 3)).astype(np.float32), np.arange(8) % 2
+    base = Sequential([Conv2D(4, 3), BatchNormalization(), Conv2D(4, 3)])
+    start = jax.jit(base.init)(jax.random.key(0), x[:1])
+    for train_batchnorm in (False, True):
+        history = fine_tune(base, from_arrays(x, y, batch_size=4, seed=0), unfreeze_from="conv2d",
+                            variables=start, epochs=(1, 1), learning_rates=(1e-2, 1e-2),
+                            train_batchnorm=train_batchnorm)
+        after = history.trainer.variables
+        assert not same(after["params"]["sequential"]["conv2d"], start["params"]["conv2d"])
+        bn = [after[c]["sequential"]["batch_normalization"] for c in ("params", "batch_stats")]
+        assert same(bn, [start[c]["batch_normalization"] for c in ("params", "batch_stats")]) != train_batchnorm

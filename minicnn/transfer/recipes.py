@@ -138,12 +138,16 @@ def feature_extraction_with_augmentation(base: nn.Module, train, validation=None
 def fine_tune(base: nn.Module, train, validation=None, *, unfreeze_from: str, variables=None, head=None,
               classes: int = 1, epochs: tuple[int, int] = (30, 100), optimizer="rmsprop",
               learning_rates: tuple[float, float] = (2e-5, 1e-5), augment=None, preprocess=None,
-              seed: int = 0, verbose: int = 0) -> History:
+              train_batchnorm: bool = False, seed: int = 0, verbose: int = 0) -> History:
     """The lecture's fine-tuning: phase 1 trains the head on top of the frozen base
     (:func:`feature_extraction_with_augmentation`, ``epochs[0]`` epochs at ``learning_rates[0]``);
     phase 2 unfreezes ``unfreeze_from`` (e.g. ``"block5_conv1"``) and every layer after it and
     trains ``epochs[1]`` more epochs at ``learning_rates[1]`` with a fresh optimizer state. The
     History covers both phases, epoch numbers running on.
+
+    BatchNormalization layers stay frozen, in inference mode, in phase 2 too unless
+    ``train_batchnorm`` (Keras' advice for fine-tuning EfficientNet: small batches would otherwise
+    replace the pretrained statistics with noisy ones).
     """
     history = feature_extraction_with_augmentation(
         base, train, validation, variables=variables, head=head, classes=classes, epochs=epochs[0],
@@ -153,7 +157,22 @@ def fine_tune(base: nn.Module, train, validation=None, *, unfreeze_from: str, va
     x = _first_x(_prepared(train, preprocess=preprocess))
     mask = trainable_mask(trainer.variables, from_layer=unfreeze_from, model=trainer.model,
                           input_shape=x.shape[1:])
+    if not train_batchnorm:
+        mask = jax.tree_util.tree_map(lambda m, bn: m and not bn, mask, _batchnorm_leaves(trainer.variables))
     trainer.set_trainable(mask, _optimizer(optimizer, learning_rates[1]))
     return trainer.fit(_prepared(train, augment, preprocess, seed + 1), epochs=sum(epochs),
                        initial_epoch=epochs[0], seed=seed, verbose=verbose,
                        validation_data=_prepared(validation, preprocess=preprocess))
+
+
+def _batchnorm_leaves(variables):
+    """True for the params of layers that keep moving statistics (BatchNormalization)."""
+    stats = variables.get("batch_stats", {})
+
+    def is_bn(path, _):
+        node = stats
+        for key in path[:-1]:
+            node = node.get(key.key, {}) if isinstance(node, dict) else {}
+        return bool(node)
+
+    return jax.tree_util.tree_map_with_path(is_bn, variables["params"])

@@ -36,6 +36,12 @@ def leaves_with_paths(tree):
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+@pytest.fixture(scope="module")
+def shared():
+    """One compiled trainer for the tests that only need some training run (compiling dominates)."""
+    return Trainer(tiny(), optimizer_kwargs={"learning_rate": 1e-2})
+
+
 def test_fit_evaluate_predict_arrays():
     x, y = data()
     t = Trainer(tiny(), "binary_crossentropy", "adam", optimizer_kwargs={"learning_rate": 1e-2})
@@ -188,9 +194,9 @@ def test_terminate_on_nan_keeps_last_good_checkpoint(tmp_path, capsys):
     assert good.epoch == 1 and np.isfinite(good.evaluate(x, y)["loss"])
 
 
-def test_model_checkpoint_formats_names_and_saves_best_only(tmp_path):
+def test_model_checkpoint_formats_names_and_saves_best_only(tmp_path, shared):
     x, y = data()
-    t = Trainer(tiny(), optimizer_kwargs={"learning_rate": 1e-2})
+    t = shared
     cb = ModelCheckpoint(str(tmp_path / "m-{epoch:02d}-{val_loss:.3f}"), save_best_only=True)
     h = t.fit(x, y, batch_size=8, epochs=4, validation_data=(x, y), callbacks=[cb], verbose=0)
     vl = h.history["val_loss"]
@@ -200,10 +206,10 @@ def test_model_checkpoint_formats_names_and_saves_best_only(tmp_path):
         t.fit(x, y, epochs=1, verbose=0, callbacks=[ModelCheckpoint(str(tmp_path / "{val_accuracy}"))])
 
 
-def test_csv_logger_and_tensorboard_read_back(tmp_path):
+def test_csv_logger_and_tensorboard_read_back(tmp_path, shared):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     x, y = data()
-    t = Trainer(tiny())
+    t = shared
     log = tmp_path / "log.csv"
     h = t.fit(x, y, batch_size=8, epochs=2, validation_data=(x, y), verbose=0,
               callbacks=[CSVLogger(log), TensorBoard(tmp_path / "tb")])
@@ -223,9 +229,9 @@ def test_csv_logger_and_tensorboard_read_back(tmp_path):
     assert {"epoch_accuracy", "epoch_learning_rate"} <= set(acc.Tags()["scalars"])
 
 
-def test_progress_output(capsys):
+def test_progress_output(capsys, shared):
     x, y = data(16)
-    t = Trainer(tiny())
+    t = shared
     t.fit(x, y, batch_size=8, epochs=2, validation_data=(x, y), verbose=2)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "Epoch 1/2" and lines[2] == "Epoch 2/2" and len(lines) == 4

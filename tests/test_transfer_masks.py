@@ -44,6 +44,7 @@ def test_lecture_numbers_from_block5(lecture):
     assert "Trainable params: 9,177,089" in text and "Non-trainable params: 7,635,264" in text
     # the traced order can be computed once and reused
     assert trainable_mask(v, from_layer="vgg16/block5_conv1", order=layer_order(model, v)) == mask
+    assert trainable_mask(v, from_layer="block4_pool", model=model) == mask  # a layer without params
 
 
 def test_defaults_and_where(lecture):

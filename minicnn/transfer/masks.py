@@ -127,17 +127,18 @@ def _resolve(name: str, known: list[str]) -> str:
         return matches[0]
     if matches:
         raise ValueError(f"layer name {name!r} is ambiguous: it matches {matches}; pass the full path")
-    raise ValueError(f"no layer named {name!r} holds parameters; layers with parameters: {known}")
+    raise ValueError(f"no layer named {name!r}; the layers are: {known}")
 
 
 def _from(name, owners, known, model, variables, input_shape, order) -> list[bool]:
-    """Which leaves belong to layer ``name`` or to a layer called after it."""
-    layer = _resolve(name, known)
+    """Which leaves belong to layer ``name`` (any called layer, e.g. ``"block4_pool"``) or to a
+    layer called after it."""
     if order is None:
         if model is None:
             raise ValueError(f"trainable_mask(from_layer={name!r}) needs the call order: pass model= "
                              "(and input_shape= unless the model declares one) or order=layer_order(...)")
         order = layer_order(model, variables, input_shape)
+    layer = _resolve(name, list(order) if name not in known else known)  # also layers without params
     position = {"": -1} | {path: i for i, path in enumerate(order)}  # "": the model's own params
     missing = sorted({o for o in owners if o not in position} | ({layer} - position.keys()))
     if missing:

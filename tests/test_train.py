@@ -154,6 +154,22 @@ def test_frozen_parameters_get_no_update_and_no_optimizer_state():
                               after["batch_stats"]["batch_normalization"]["moving_mean"])
 
 
+def test_frozen_conv_base_inside_sequential():
+    """The lecture's Sequential([conv_base, Flatten(), Dense(...)]) with conv_base.trainable = False."""
+    x, y = data()
+    base = Sequential([Conv2D(4, 3, activation="relu"), BatchNormalization(), MaxPooling2D(2)])
+    model = Sequential([base, Flatten(), Dense(1, activation="sigmoid")])
+    t = Trainer(model, trainable={"sequential": False, "dense": True})
+    t.build(x[:8])
+    assert set(t.variables["params"]) == {"sequential", "dense"}
+    before = t.variables
+    t.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert_same = lambda a, b: [np.testing.assert_array_equal(a[k], b[k], err_msg=k) for k in a]  # noqa: E731
+    assert_same(leaves_with_paths(t.variables["params"]["sequential"]), leaves_with_paths(before["params"]["sequential"]))
+    assert_same(leaves_with_paths(t.variables["batch_stats"]), leaves_with_paths(before["batch_stats"]))
+    assert not np.array_equal(t.variables["params"]["dense"]["kernel"], before["params"]["dense"]["kernel"])
+
+
 def test_frozen_weights_cost_no_gradient_flops():
     x, y = data()
     full, frozen = Trainer(tiny()), Trainer(tiny(), trainable={"conv2d": False, "dense": True})

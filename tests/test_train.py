@@ -245,6 +245,20 @@ def test_csv_logger_and_tensorboard_read_back(tmp_path, shared):
     assert {"epoch_accuracy", "epoch_learning_rate"} <= set(acc.Tags()["scalars"])
 
 
+def test_changing_the_learning_rate_does_not_recompile(shared):
+    x, y = data()
+    shared.train_on_batch(x[:8], y[:8])
+    compiled = shared._train_step._cache_size()
+    before = shared.variables["params"]["dense"]["kernel"]
+    shared.learning_rate = 0.0
+    shared.train_on_batch(x[:8], y[:8])
+    np.testing.assert_array_equal(shared.variables["params"]["dense"]["kernel"], before)  # lr 0: no move
+    shared.learning_rate = 1e-2
+    shared.train_on_batch(x[:8], y[:8])
+    assert shared._train_step._cache_size() == compiled
+    assert not np.array_equal(shared.variables["params"]["dense"]["kernel"], before)
+
+
 def test_progress_output(capsys, shared):
     x, y = data(16)
     t = shared

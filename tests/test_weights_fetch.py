@@ -204,5 +204,10 @@ def test_vgg16_imagenet_downloads_ports_and_caches(env, tmp_path, monkeypatch):
         np.testing.assert_array_equal(again["params"]["block5_conv3"]["bias"],
                                       kmodel.get_layer("block5_conv3").bias.numpy())
         assert [r for r, _ in Handler.requests].count("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5") == 1
+        by_name = pretrained_variables("vgg16", "vgg16_imagenet_notop", False)  # a registered name works too
+        np.testing.assert_array_equal(by_name["params"]["block3_conv1"]["kernel"],
+                                      again["params"]["block3_conv1"]["kernel"])
+        with pytest.raises(FileNotFoundError, match="no weight file at nowhere.h5; weights is \"imagenet\""):
+            pretrained_variables("vgg16", "nowhere.h5", False)
     finally:
         pretrained_variables.cache_clear()

@@ -48,6 +48,8 @@ def keras_files(tmp_path_factory):
             legacy_h5_format.save_weights_to_hdf5_group(f, kmodel)
         kmodel.save_weights(k3)
         out[top] = {"legacy": legacy, "keras3": k3, "y": np.asarray(kmodel(images(), training=False))}
+    kmodel.save(d / "whole_model.h5")  # legacy whole-model file: weights under model_weights/
+    out["whole"] = d / "whole_model.h5"
     return out
 
 
@@ -66,6 +68,13 @@ def outputs(variables, top, arch=VGG16):
 def test_vgg16_from_keras_file_matches_keras(keras_files, layout, top):
     variables = pretrained_variables("vgg16", str(keras_files[top][layout]), top)
     assert rel_err(outputs(variables, top), keras_files[top]["y"]) < 1e-5
+
+
+def test_whole_model_h5(keras_files):
+    with h5py.File(keras_files["whole"]) as f:
+        assert "model_weights" in f
+    assert rel_err(outputs(pretrained_variables("vgg16", str(keras_files["whole"]), True), True),
+                   keras_files[True]["y"]) < 1e-5
 
 
 @pytest.mark.parametrize("top", [False, True])

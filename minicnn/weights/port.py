@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from minicnn.weights import keras_h5, store, torch_layouts, torch_pth
-from minicnn.weights.fetch import cached_file, get, local_file
+from minicnn.weights.fetch import get, local_file
 from minicnn.weights.registry import entry, home, registry
 
 __all__ = ["pretrained_variables", "port", "port_file", "list_weights", "detect_format", "ARCHS"]
@@ -133,6 +133,9 @@ def _detect_arch(names) -> str:
 def port_file(path: str | os.PathLike, arch: str | None = None) -> tuple[dict, str]:
     """Read any supported weight file into minicnn variables (with whatever top it has) and its arch."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no weight file at {path}; weights is \"imagenet\", a registered name "
+                                f"({', '.join(registry())}) or a file path")
     fmt = detect_format(path)
     where = str(path)
     if fmt == "orbax":
@@ -169,38 +172,47 @@ def _ported_dir(name: str) -> Path:
     return home() / "ported" / name
 
 
-def _imagenet_file(arch: str, include_top: bool) -> tuple[str, Path]:
-    """The registered ImageNet set for ``arch``, preferring what is already on disk."""
+def _registered_file(names: list[str]) -> tuple[str, Path]:
+    """The first of ``names`` already ported, else already on disk, else the first one fetched."""
+    table = registry()
+    for name in names:
+        if _ported_dir(name).exists():
+            return name, _ported_dir(name)
+    for name in names:
+        if local_file(entry(name, table)):
+            return name, get(name, table)
+    return names[0], get(names[0], table)
+
+
+def _imagenet_names(arch: str, include_top: bool) -> list[str]:
+    """The registered ImageNet sets for ``arch``: without include_top the small notop file comes first."""
     table = registry()
     names = [n for n in ([f"{arch}_imagenet_notop"] if not include_top else []) + [f"{arch}_imagenet"]
              if n in table]
     if not names:
         raise ValueError(f"no ImageNet weights registered for {arch}")
-    for name in names:
-        if _ported_dir(name).exists():
-            return name, _ported_dir(name)
-    for name in names:
-        if cached_file(entry(name, table)).exists():
-            return name, get(name, table)
-    return names[0], get(names[0], table)
+    return names
 
 
 @functools.lru_cache(maxsize=4)
 def pretrained_variables(arch: str, weights: str, include_top: bool) -> dict:
-    """``{"params": ..., ["batch_stats": ...]}`` for ``arch`` from ``"imagenet"`` or a file path.
+    """``{"params": ..., ["batch_stats": ...]}`` for ``arch`` from ``"imagenet"``, a registered
+    name (``"vgg16_torchvision"``) or a file path.
 
-    Ported ImageNet sets are saved under ``$MINICNN_HOME/ported/<name>`` so the next process
-    loads them with orbax instead of parsing the original file. Cached in memory per arguments.
+    Registered sets are ported once and saved under ``$MINICNN_HOME/ported/<name>``, which later
+    processes load with orbax. Cached in memory per arguments.
     """
-    if weights == "imagenet":
-        name, path = _imagenet_file(arch, include_top)
+    weights = str(weights)
+    if weights == "imagenet" or weights in registry():
+        names = _imagenet_names(arch, include_top) if weights == "imagenet" else [weights]
+        name, path = _registered_file(names)
         variables, _ = port_file(path, arch)
         if not path.is_dir():
             store.save(variables, _ported_dir(name))
         where = f"{name} ({path})"
     else:
         variables, _ = port_file(weights, arch)
-        where = str(weights)
+        where = weights
     return conform(variables, arch, include_top, where)
 
 

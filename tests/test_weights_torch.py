@@ -84,16 +84,19 @@ def test_legacy_pth_conv_base_matches(reference, tmp_path):
 def test_reader_keeps_dtypes_strides_and_shared_storage(tmp_path):
     base = torch.arange(24, dtype=torch.float64).reshape(4, 6)
     state = {"t": base.t(), "view": base[1:3, 2:], "i": torch.tensor([3, -1], dtype=torch.int64),
-             "h": torch.ones(3, dtype=torch.float16), "nested": {"b": torch.zeros(2, dtype=torch.bool)}}
+             "h": torch.ones(3, dtype=torch.float16), "nested": {"b": torch.zeros(2, dtype=torch.bool)},
+             "bf": torch.linspace(-3, 3, 7, dtype=torch.bfloat16)}
     for zip_format in (True, False):
         path = tmp_path / f"mixed{zip_format}.pth"
         torch.save(state, path, _use_new_zipfile_serialization=zip_format)
         got = read_pth(path)
-        assert sorted(got) == ["h", "i", "nested.b", "t", "view"]
+        assert sorted(got) == ["bf", "h", "i", "nested.b", "t", "view"]
         for k, v in [("t", state["t"]), ("view", state["view"]), ("i", state["i"]), ("h", state["h"]),
                      ("nested.b", state["nested"]["b"])]:
             assert got[k].dtype == v.numpy().dtype, k
             np.testing.assert_array_equal(got[k], v.numpy(), err_msg=k)
+        assert got["bf"].dtype.name == "bfloat16"  # NumPy has no bfloat16: torch compares in float32
+        np.testing.assert_array_equal(got["bf"].astype(np.float32), state["bf"].float().numpy())
 
 
 class Evil:

@@ -18,13 +18,14 @@ import struct
 import zipfile
 from pathlib import Path
 
+import ml_dtypes  # a JAX dependency: NumPy's bfloat16
 import numpy as np
 
 __all__ = ["read_pth", "UnsafePickleError"]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-           "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32,
+           "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
            "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
            "BoolStorage": np.bool_}
 
@@ -37,13 +38,7 @@ class _StorageType:
     """Stands in for ``torch.FloatStorage`` & co: only its element dtype is used."""
 
     def __init__(self, name: str):
-        dtype = _DTYPES[name]
-        self.dtype = np.dtype(dtype) if dtype != "bfloat16" else np.dtype(_bfloat16())
-
-
-def _bfloat16():
-    import ml_dtypes  # a JAX dependency
-    return ml_dtypes.bfloat16
+        self.dtype = np.dtype(_DTYPES[name])
 
 
 class _Storage:

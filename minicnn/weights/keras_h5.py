@@ -116,7 +116,7 @@ def read_keras3_weights(path: str | os.PathLike, layers: Sequence[tuple[str, str
         groups = _keras3_groups(f, path)
     variables: dict = {"params": {}, "batch_stats": {}}
     names = {name for name, _ in layers}
-    by_name = all(g[3] in names for g in groups if g[3] is not None) and all(g[3] for g in groups)
+    by_name = all(g[3] in names for g in groups)  # Keras 3.x records each layer's name
     if by_name:
         pairs = [(g[3], g) for g in groups if g[3] in names]
     else:

@@ -145,15 +145,19 @@ def _read_legacy(f, where: str):
     load()  # system info: a dict of ints and bools
     result = load()
     keys = load()
-    for key in keys:
-        storage = storages[key]
-        (numel,) = struct.unpack("<q", f.read(8))
-        nbytes = numel * storage.dtype.itemsize
-        raw = f.read(nbytes)
-        if numel != storage.numel or len(raw) != nbytes:
+    for key in keys:  # each raw storage: its element count as little-endian int64, then the bytes
+        storage, header = storages.get(key), f.read(8)
+        if storage is None or len(header) < 8:
+            raise ValueError(f"{where}: storage {key} is missing; the file is truncated or corrupt")
+        (numel,) = struct.unpack("<q", header)
+        raw = f.read(storage.numel * storage.dtype.itemsize)
+        if numel != storage.numel or len(raw) != storage.numel * storage.dtype.itemsize:
             raise ValueError(f"{where}: storage {key} has {len(raw) // storage.dtype.itemsize} of "
                              f"{storage.numel} elements; the file is truncated or corrupt")
         storage.data = np.frombuffer(raw, storage.dtype)
+    unread = [k for k, s in storages.items() if s.data is None]
+    if unread:
+        raise ValueError(f"{where}: storages {', '.join(unread[:3])} have no data; the file is truncated or corrupt")
     return result
 
 

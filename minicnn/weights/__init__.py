@@ -1,8 +1,8 @@
 """Pretrained weights: registry, download and cache, porters, checkpoints, ImageNet utilities.
 
->>> from minicnn.models import VGG16
->>> variables = VGG16(include_top=False, weights="imagenet").init(key, x)   # ported, cached
->>> minicnn.weights.save(variables, "ckpt"); minicnn.weights.load("ckpt")
+``VGG16(include_top=False, weights="imagenet").init(key, x)`` returns the ported ImageNet
+variables (downloaded, checked and cached on first use); ``save(variables, path)`` and
+``load(path)`` keep any nested dict of arrays with orbax. See docs/WEIGHTS.md.
 """
 
 from minicnn.weights.fetch import WeightsUnavailableError, fetch, get

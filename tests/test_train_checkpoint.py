@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import jax
 import numpy as np
@@ -12,30 +11,30 @@ import pytest
 
 from minicnn import weights
 from minicnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential
-from minicnn.train import ModelCheckpoint, Trainer
+from minicnn.train import Trainer
 
 EPOCHS = 3
-SETUP = """
-import numpy as np
-from minicnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential
-from minicnn.train import ModelCheckpoint, Trainer
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def model():
     return Sequential([Conv2D(4, 3, activation="relu"), MaxPooling2D(2), Flatten(), Dropout(0.5),
                        Dense(1, activation="sigmoid")])
 
+
 r = np.random.default_rng(0)
 x = r.random((32, 8, 8, 1), np.float32)
 y = (x.mean(axis=(1, 2, 3)) > 0.5).astype(np.float32)
-"""
-exec(SETUP)  # the same model and data here and in the killed subprocess
 
-# The child hangs inside its second checkpoint save, at the n-th os.replace of minicnn.weights.save,
-# so the parent's SIGKILL lands mid-write: n=2 before the old checkpoint is moved aside, n=3 between
-# moving it aside and moving the new one in.
-CHILD = SETUP + """
+# The child trains the same model on the same data (imported from this module) and hangs inside its
+# second checkpoint save, at the n-th os.replace of minicnn.weights.save, so the parent's SIGKILL
+# lands mid-write: n=2 before the old checkpoint is moved aside, n=3 between moving it aside and
+# moving the new one in.
+CHILD = """
 import os, sys, time
 from pathlib import Path
+from minicnn.train import ModelCheckpoint, Trainer
+from tests.test_train_checkpoint import EPOCHS, model, x, y
 ckpt, hang_at = sys.argv[1], int(sys.argv[2])
 real_replace, calls = os.replace, [0]
 
@@ -48,10 +47,10 @@ def replace(src, dst):
     return real_replace(src, dst)
 
 os.replace = replace
-Trainer(model(), optimizer="adam").fit(x, y, batch_size=8, epochs=%d, verbose=0, seed=1,
+Trainer(model(), optimizer="adam").fit(x, y, batch_size=8, epochs=EPOCHS, verbose=0, seed=1,
                                        callbacks=[ModelCheckpoint(ckpt, monitor="loss")])
 print("DONE", flush=True)
-""" % EPOCHS
+"""
 
 
 def leaves(tree):
@@ -96,7 +95,7 @@ def test_restore_errors_are_clear(tmp_path, uninterrupted):
 def test_sigkill_during_checkpoint_write_then_resume_is_bit_exact(tmp_path, uninterrupted, hang_at):
     ckpt = tmp_path / "ckpt"
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(ckpt), str(hang_at)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+                             stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         line = child.stdout.readline()
         assert line == "HANG\n", f"child did not reach the checkpoint write: {line!r} {child.stderr.read()[-2000:]}"

@@ -7,6 +7,6 @@ from minicnn.train.callbacks import (Callback, CallbackList, CSVLogger, EarlySto
 from minicnn.train.history import History, smooth_curve
 from minicnn.train.trainer import Trainer
 
-__all__ = ["Trainer", "History", "smooth_curve", "losses", "metrics", "optimizers", "partition", "Callback", "CallbackList",
-           "CSVLogger", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint", "ProgbarLogger",
+__all__ = ["Trainer", "History", "smooth_curve", "losses", "metrics", "optimizers", "partition", "Callback",
+           "CallbackList", "CSVLogger", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint", "ProgbarLogger",
            "ReduceLROnPlateau", "TensorBoard", "TerminateOnNaN"]

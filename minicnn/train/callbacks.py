@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Sequence

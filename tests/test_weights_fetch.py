@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,7 +106,7 @@ def test_sha256_prefix_as_torchvision_publishes(env):
 
 
 def test_wrong_hash_is_rejected_and_removed(env):
-    cache, table = env
+    cache, _ = env
     with pytest.raises(ValueError, match=r"bad: sha256 of .* is [0-9a-f]{64}, the published one is 0{64}; "
                                          r"the corrupt download was removed"):
         get("bad", progress=False)
@@ -181,7 +182,7 @@ def test_vgg16_imagenet_downloads_ports_and_caches(env, tmp_path, monkeypatch):
         legacy_h5_format.save_weights_to_hdf5_group(f, kmodel)
     data = src.read_bytes()
     Handler.files["vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"] = data
-    table = json.loads(open(os.environ["MINICNN_REGISTRY"]).read())
+    table = json.loads(Path(os.environ["MINICNN_REGISTRY"]).read_text())
     base = table["good"]["url"].rsplit("/", 1)[0]
     registry_path = tmp_path / "imagenet.json"
     table["vgg16_imagenet_notop"] = {

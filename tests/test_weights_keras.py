@@ -191,7 +191,7 @@ def test_vgg19_legacy_file_is_detected():
     try:
         with h5py.File(path, "w") as f:
             legacy_h5_format.save_weights_to_hdf5_group(f, kmodel)
-        variables, arch = port_file(path)
+        _, arch = port_file(path)
         assert arch == "vgg19"
         got = outputs(pretrained_variables("vgg19", path, False), False, VGG19)
         assert rel_err(got, np.asarray(kmodel(images(), training=False))) < 1e-5

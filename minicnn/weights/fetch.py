@@ -11,7 +11,6 @@ import hashlib
 import http.client
 import importlib.util
 import os
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -85,7 +84,7 @@ def download(e: Mapping, dest: Path, progress: bool = True, retries: int = 3, ti
             if err.code == 416 and have:  # nothing left to send: the .part is complete
                 break
             raise WeightsUnavailableError(_offline_message(e, f"HTTP {err.code} {err.reason}")) from None
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout) as err:
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as err:
             last_error = err  # keep the .part: the next try (or the next call) resumes it
             if isinstance(err, urllib.error.URLError) and not part.exists():
                 raise WeightsUnavailableError(_offline_message(e, str(err.reason))) from None

@@ -34,7 +34,7 @@ _KERAS3_ROLES = {"conv2d": ("kernel", "bias"), "depthwise_conv2d": ("kernel", "b
 
 
 def _weights_root(f: h5py.File):
-    return f["model_weights"] if "model_weights" in f else f  # a whole-model .h5 nests the weights
+    return f.get("model_weights", f)  # a whole-model .h5 nests the weights
 
 
 def is_legacy_h5(f: h5py.File) -> bool:

@@ -87,7 +87,7 @@ def test_compute_dtype_policy_casts_convs_and_dense_and_is_scoped():
         ops.set_compute_dtype("int8")
 
 
-def test_minicnn_jit_equals_jax_jit_and_routes_convs_away_from_ynnpack():
+def test_minicnn_jit_equals_jax_jit_and_keeps_convs_and_dots_off_ynnpack():
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(2, 12, 12, 32)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(3, 3, 32, 32)), jnp.float32)
@@ -95,7 +95,10 @@ def test_minicnn_jit_equals_jax_jit_and_routes_convs_away_from_ynnpack():
     np.testing.assert_allclose(ops.jit(f)(x, k), jax.jit(f)(x, k), rtol=1e-5, atol=1e-4)
     if not ops.compiler_options():
         pytest.skip("this jaxlib does not know minicnn's CPU compiler options")
-    hlo = ops.jit(f).lower(x, k).compile().as_text()
+    g = lambda x, k, w: ops.dense(f(x, k).reshape(2, -1), w)  # noqa: E731
+    w = jnp.asarray(rng.normal(size=(12 * 12 * 32, 64)), jnp.float32)
+    assert "ynn_fusion" in jax.jit(g).lower(x, k, w).compile().as_text()  # jaxlib's default
+    hlo = ops.jit(g).lower(x, k, w).compile().as_text()
     assert "convolution(" in hlo and "ynn_fusion" not in hlo
-    explicit = ops.jit(f, compiler_options={"xla_cpu_experimental_ynn_fusion_type": ""})
+    explicit = ops.jit(f, compiler_options={"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"})
     np.testing.assert_allclose(explicit(x, k), jax.jit(f)(x, k), rtol=1e-5, atol=1e-4)

@@ -17,10 +17,11 @@ import jax.numpy as jnp
 CONV_ALGORITHMS = ("xla", "winograd")
 _state = {"conv_algorithm": "auto", "compute_dtype": None}
 
-# jaxlib 0.10's CPU backend hands convolutions to YNNPACK by default ("ynn" library fusions).
-# Keeping YNNPACK for dots only sends convolutions back to XLA's Eigen kernels, measured faster on
-# VGG16 (forward, and more so backward; benchmarks/NOTES.md). Numerics are unchanged (float32).
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+# jaxlib 0.10's CPU backend hands convolutions and dots to YNNPACK by default ("ynn" library
+# fusions). An empty fusion list sends them back to XLA's Eigen kernels, measured faster on VGG16:
+# convs forward and (more) backward, and far faster for the memory-bound fc1 at small batch
+# (benchmarks/NOTES.md). Numerics are unchanged (float32, within 1e-6 relative).
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def set_conv_algorithm(name: str) -> None:

@@ -1,0 +1,154 @@
+"""The benchmark suite: every ``benchmarks/bench_*.py`` in its own process, one markdown table.
+
+    python -m benchmarks [--quick] [--only inference,train] [--out benchmarks/results]
+
+Each module's ``run(quick) -> list[dict]`` runs in a fresh interpreter (so one comparison's
+compilation caches, threads and XLA flags cannot disturb another's, and a failing benchmark is
+reported without stopping the rest). Rows made with ``benchmarks.common.row`` are pivoted into
+one line per workload with minicnn, Keras-JAX and PyTorch side by side, the ratios (> 1: minicnn is
+faster), achieved GFLOP/s and the fraction of the matmul ceiling (measured by the benchmark
+interleaved with its workloads when it reports ``ceiling_gflops_per_s``, else once at the start);
+other rows are listed as they come. Everything, with the machine's details and load, goes to
+``benchmarks/results/<machine>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+CHILD = """
+import json, sys
+from benchmarks.common import load_average
+import importlib
+mod = importlib.import_module("benchmarks." + sys.argv[1])
+before = load_average()
+rows = mod.run(quick=sys.argv[2] == "1")
+print("ROWS" + json.dumps({"rows": rows, "load_before": before, "load_after": load_average()}))
+"""
+
+
+def discover(only: list[str] | None = None) -> list[str]:
+    """Module names ``bench_*`` in ``benchmarks/``, optionally only the named topics."""
+    names = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    if only:
+        names = [n for n in names if n.removeprefix("bench_") in only or n in only]
+    return names
+
+
+def run_module(name: str, quick: bool, timeout: float) -> dict:
+    """Run one benchmark module in a subprocess; ``{"rows": [...]}`` or ``{"error": ...}``."""
+    t = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    try:
+        proc = subprocess.run([sys.executable, "-c", CHILD, name, "1" if quick else "0"], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s", "wall_s": timeout}
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROWS")), None)
+    if proc.returncode or line is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": f"exit {proc.returncode}: " + " | ".join(tail), "wall_s": time.perf_counter() - t}
+    return {**json.loads(line[4:]), "wall_s": time.perf_counter() - t}
+
+
+def _fmt(v, spec: str = ".3g") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def comparison_table(rows: list[dict], ceiling: float | None) -> str:
+    """One markdown line per workload: seconds per call of each implementation, ratios, GFLOP/s."""
+    from benchmarks.common import IMPL_TITLES, IMPLS
+
+    by_workload: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        if "workload" in r and r.get("impl") in IMPLS:
+            by_workload.setdefault(r["workload"], {})[r["impl"]] = r
+    head = ["workload"] + [f"{IMPL_TITLES[i]} s (items/s)" for i in IMPLS] + [
+        "× Keras", "× PyTorch best", "minicnn GFLOP/s", "% ceiling", "goal ≥ 1×"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for workload, impls in by_workload.items():
+        cells = [workload]
+        for i in IMPLS:
+            r = impls.get(i)
+            cells.append("–" if r is None else f"{r['seconds']:.3g}" + (
+                f" ({r['items_per_s']:.3g})" if "items_per_s" in r else ""))
+        ours = impls.get("minicnn")
+        keras = impls.get("keras")
+        torch_best = min((impls[i]["seconds"] for i in ("torch", "torch_cl") if i in impls), default=None)
+        ratio_k = keras["seconds"] / ours["seconds"] if ours and keras else None
+        ratio_t = torch_best / ours["seconds"] if ours and torch_best else None
+        gf = ours.get("gflops_per_s") if ours else None
+        ceil = (ours or {}).get("ceiling_gflops_per_s") or ceiling
+        missed = [what for what, r in (("Keras", ratio_k), ("PyTorch", ratio_t)) if r is not None and r < 1]
+        cells += [_fmt(ratio_k, ".2f"), _fmt(ratio_t, ".2f"), _fmt(gf, ".0f"),
+                  _fmt(100 * gf / ceil if gf and ceil else None, ".0f"),
+                  "not met: slower than " + " and ".join(missed) if missed else "met"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def other_table(rows: list[dict]) -> str:
+    """Rows outside the comparison (variants such as ``minicnn:winograd``, free-form rows)."""
+    from benchmarks.common import IMPLS
+
+    lines = ["| measurement | seconds | details |", "|---|---|---|"]
+    for r in rows:
+        if "workload" in r and r.get("impl") in IMPLS:
+            continue
+        name = r.get("name") or f"{r.get('workload', '?')} [{r.get('impl', '?')}]"
+        extra = {k: v for k, v in r.items() if k not in ("name", "workload", "impl", "seconds", "times")
+                 and v is not None}
+        details = ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in extra.items())
+        lines.append(f"| {name} | {_fmt(r.get('seconds'))} | {details} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="minicnn benchmark suite")
+    p.add_argument("--quick", action="store_true", help="small batches, few repeats (a smoke test)")
+    p.add_argument("--only", default="", help="comma-separated topics, e.g. inference,train")
+    p.add_argument("--out", default=str(HERE / "results"), help="folder for <machine>.json")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per benchmark module")
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.common import machine_info, matmul_ceiling
+
+    info = machine_info()
+    ceiling = matmul_ceiling(1024 if args.quick else 2048)
+    results = {}
+    for name in discover([s for s in args.only.split(",") if s]):
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results[name] = run_module(name, args.quick, args.timeout)
+    rows = [r for res in results.values() for r in res.get("rows", [])]
+    ceiling_gf = ceiling["jax_gflops_per_s"]
+    print(f"## minicnn benchmarks on {info['cpu']} ({info['cores']} cores), "
+          f"load {info['load_average']}\n")
+    print(f"Matmul ceiling (jitted JAX, {ceiling['n']}²): {ceiling_gf:.0f} GFLOP/s; NumPy: "
+          f"{ceiling['numpy_gflops_per_s']:.0f}. Ratios > 1: minicnn is faster.\n")
+    print(comparison_table(rows, ceiling_gf), "\n")
+    print(other_table(rows))
+    for name, res in results.items():
+        if "error" in res:
+            print(f"\n**{name} failed**: {res['error']}")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{info['machine'] or 'machine'}{'-quick' if args.quick else ''}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"machine": info, "ceiling": ceiling, "quick": args.quick,
+                               "modules": results}, indent=1, default=str))
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    print(f"\nwrote {path}", file=sys.stderr)
+    return 0 if all("error" not in r for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -40,7 +40,7 @@ def _model(name: str, weights: str | None, include_top: bool = True):
         shape = model.input_shape
     else:
         raise CLIError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    variables = model.init(jax.random.key(0), jnp.zeros((1, *shape)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *shape)))
     return model, variables, (lambda x: x), shape[0]
 
 

@@ -40,5 +40,6 @@ def pretrained(name: str = "efficientnet_lite0", weights: str = "imagenet", incl
     cls, entry, size = PRETRAINED[name]
     mode = registry()[entry]["preprocessing"]
     model = cls(include_top=include_top, weights=weights)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    # Jitted: an eager init compiles each op on its own (23 s instead of 2 s for EfficientNet-Lite0).
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))
     return Pretrained(model, variables, lambda x: preprocess_input(x, mode), size, weights)

@@ -101,19 +101,22 @@ def _augmentation_figure(images, out, figures, seed):
 
 
 def _comparison(model_name, quick, out, figures, summary, seed):
-    from minicnn.transfer.experiment import compare_recipes
-    rows, histories = compare_recipes(model=model_name, quick=quick, seed=seed)
-    summary["comparison"] = rows
-    for recipe, history in histories.items():
-        name = f"curves_{recipe}.png"
-        history.plot(out / name)
-        figures.append((name, f"Training curves: {recipe.replace('_', ' ')}"))
+    from minicnn.transfer import experiment
+    settings = dict(size=48, n_train=40, epochs=3, scratch_epochs=4) if quick else dict(
+        size=96, n_train=50, epochs=20, scratch_epochs=40)
+    result = experiment.run(model_name, seed=seed, **settings)
+    summary["comparison"] = result["rows"]
+    summary["comparison_setup"] = {k: result[k] for k in ("size", "n_train", "n_test", "preprocessing")}
+    for key, history in result["histories"].items():
+        for path in history.plot(out / f"curves_{key}.png"):
+            figures.append((path.name, f"{key.replace('_', ' ')}: {path.stem.rsplit('_', 1)[-1]} per epoch "
+                                       "(dots: training, line: held-out test split, monitored only)"))
 
 
 def _report(out: Path, figures, summary, seconds: float) -> Path:
     rows = "".join(
         f"<tr><td>{html.escape(r['recipe'])}</td><td>{r['test_accuracy']:.3f}</td>"
-        f"<td>{r['seconds']:.1f}</td><td>{r['seed']}</td></tr>" for r in summary.get("comparison", []))
+        f"<td>{r['wall_s']:.1f}</td><td>{r['seed']}</td></tr>" for r in summary.get("comparison", []))
     table = (f"<h2>Small data: faces vs non-faces (skimage lfw_subset)</h2><table><tr><th>recipe</th>"
              f"<th>test accuracy</th><th>seconds</th><th>seed</th></tr>{rows}</table>") if rows else ""
     figs = "".join(f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
@@ -176,6 +179,6 @@ def _print_summary(summary: dict, out: Path) -> None:
     for label, mass in summary["gradcam_left_mass"].items():
         print(f"  Grad-CAM '{label}': {mass:.0%} of the map on the cat (left) half")
     if summary.get("comparison"):
-        print(f"  {'recipe':<40}{'test acc':>9}{'seconds':>9}")
+        print(f"  {'recipe':<58}{'test acc':>9}{'seconds':>9}")
         for r in summary["comparison"]:
-            print(f"  {r['recipe']:<40}{r['test_accuracy']:>9.3f}{r['seconds']:>9.1f}")
+            print(f"  {r['recipe']:<58}{r['test_accuracy']:>9.3f}{r['wall_s']:>9.1f}")

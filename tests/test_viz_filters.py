@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from minicnn.layers import Conv2D, MaxPooling2D, Sequential, from_array
+from minicnn.layers import Conv2D, Dense, Flatten, MaxPooling2D, Sequential, from_array
 from minicnn.ops.kernels import gabor_kernel
 from minicnn.viz import (activations, blur, deprocess_image, filter_patterns, jitter, l2_decay, pad,
                          random_rotate, random_scale, total_variation)
@@ -94,6 +94,17 @@ def test_forward_stops_at_the_layer(setup):
     x = jax.random.uniform(jax.random.key(3), (2, SIZE, SIZE, 3))
     np.testing.assert_allclose(forward_to(model, variables, x, "conv2d"),
                                activations(model, variables, x, ["conv2d"])["conv2d"])
+    # one channel, computed by a one-filter copy of the layer (for the Gabor layer too, whose
+    # initialiser is a fixed array)
+    for layer in ("conv2d", "conv2d_1"):
+        full = activations(model, variables, x, [layer])[layer]
+        for c in (0, 3):
+            np.testing.assert_allclose(forward_to(model, variables, x, layer, channel=c), full[..., c:c + 1],
+                                       rtol=1e-5, atol=1e-5)
+    # a softmax couples the channels, so that layer is computed whole and then sliced
+    head = Sequential([Flatten(), Dense(3, activation="softmax")])
+    hv = head.init(jax.random.key(1), x)
+    np.testing.assert_allclose(forward_to(head, hv, x, "dense", channel=1), head.apply(hv, x)[:, 1:2], rtol=1e-6)
     # the cut program holds one convolution, not the model's two
     jaxpr = jax.make_jaxpr(lambda x: forward_to(model, variables, x, "conv2d"))(x)
     assert str(jaxpr).count("conv_general_dilated") == 1

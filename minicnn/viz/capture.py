@@ -128,14 +128,20 @@ class _Stop(Exception):
         self.value = value
 
 
-def forward_to(model: nn.Module, variables: Mapping, x, path: str):
-    """The output of layer ``path``, computing nothing after it (the forward pass is cut there)."""
+def forward_to(model: nn.Module, variables: Mapping, x, path: str, channel=None):
+    """The output of layer ``path``, computing nothing after it (the forward pass is cut there).
+
+    With ``channel`` (an int, may be traced) only that output channel is returned, (N, ..., 1);
+    a Conv2D or Dense target then computes just that channel from its sliced kernel, so a
+    per-filter objective on a conv layer costs one filter's work rather than the layer's.
+    """
 
     def stop(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if _calls(context) and _path(context.module) == path:
-            raise _Stop(out)
-        return out
+        if not (_calls(context) and _path(context.module) == path):
+            return next_fun(*args, **kwargs)
+        if channel is None:
+            raise _Stop(next_fun(*args, **kwargs))
+        raise _Stop(_one_channel(context.module, next_fun, args, kwargs, channel))
 
     try:
         with nn.intercept_methods(stop):
@@ -143,6 +149,23 @@ def forward_to(model: nn.Module, variables: Mapping, x, path: str):
     except _Stop as s:
         return s.value
     raise ValueError(f"layer {path!r} was not called by the forward pass")
+
+
+_SOFTMAXES = ("softmax", ops.softmax, jax.nn.softmax)
+
+
+def _one_channel(module: nn.Module, next_fun, args, kwargs, c):
+    """Channel ``c`` of a bound layer's output, (N, ..., 1). Conv2D and Dense (channels independent
+    unless a softmax mixes them) run as one-filter copies on their sliced kernel and bias."""
+    width = {L.Conv2D: "filters", L.Dense: "units"}.get(type(module))
+    if width is None or module.activation in _SOFTMAXES:
+        return jax.lax.dynamic_slice_in_dim(next_fun(*args, **kwargs), c, 1, axis=-1)
+    params = jax.tree.map(lambda v: jax.lax.dynamic_slice_in_dim(v, c, 1, axis=-1),
+                          dict(module.variables["params"]))
+    # plain initialisers: Flax shape-checks them even when the variables are given
+    bare = module.clone(parent=None, kernel_initializer=nn.initializers.zeros,
+                        bias_initializer=nn.initializers.zeros, **{width: 1})
+    return bare.apply({"params": params}, *args, **kwargs)
 
 
 def _without_squash(module: nn.Module, args, kwargs):
@@ -156,8 +179,7 @@ def squashed_head(infos: Sequence[LayerInfo]) -> str | None:
     None when the model already outputs logits. A squash applied outside any layer is not seen."""
     head = [i for i in infos if i.leaf][-1]
     squashes = ("softmax", "sigmoid", ops.softmax, ops.sigmoid, jax.nn.softmax, jax.nn.sigmoid)
-    act = head.activation
-    return head.path if any(act is f or (isinstance(act, str) and act == f) for f in squashes) else None
+    return head.path if head.activation in squashes else None
 
 
 def feature_layer(infos: Sequence[LayerInfo]) -> LayerInfo:

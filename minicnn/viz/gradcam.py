@@ -41,21 +41,26 @@ def _scores(z, class_index, target: str):
     return jnp.take_along_axis(scores, cls[:, None], axis=-1)[:, 0]
 
 
-def _check(images, class_index, target: str, classes: int):
+def _check_args(images, target: str):
     if target not in _TARGETS:
         raise ValueError(f"target must be one of {_TARGETS}, got {target!r}")
     if getattr(images, "ndim", None) != 4:
         raise ValueError(f"images: expected shape (N, H, W, C), got {getattr(images, 'shape', None)}")
-    if class_index is not None:
-        idx = jnp.asarray(class_index)
-        top = max(classes, 2)  # a single sigmoid unit has classes 0 and 1
-        if idx.ndim > 1 or (idx.ndim == 1 and idx.shape[0] != images.shape[0]):
-            raise ValueError(f"class_index: expected an int or shape ({images.shape[0]},), got shape {idx.shape}")
-        if int(idx.min()) < 0 or int(idx.max()) >= top:
-            raise ValueError(f"class_index {class_index} out of range for a model with {top} classes")
+
+
+def _check_classes(images, class_index, classes: int):
+    if class_index is None:
+        return
+    idx = jnp.asarray(class_index)
+    top = max(classes, 2)  # a single sigmoid unit has classes 0 and 1
+    if idx.ndim > 1 or (idx.ndim == 1 and idx.shape[0] != images.shape[0]):
+        raise ValueError(f"class_index: expected an int or shape ({images.shape[0]},), got shape {idx.shape}")
+    if int(idx.min()) < 0 or int(idx.max()) >= top:
+        raise ValueError(f"class_index {class_index} out of range for a model with {top} classes")
 
 
 def _setup(model, variables, images, layer, class_index, target):
+    _check_args(images, target)
     infos = capture.layer_infos(model, variables, images)
     info = capture.feature_layer(infos) if layer is None else capture.resolve(infos, layer)
     if len(info.shape) != 4:
@@ -65,7 +70,7 @@ def _setup(model, variables, images, layer, class_index, target):
     out = infos[-1].shape
     if len(out) != 2:
         raise ValueError(f"the model outputs shape {out}; class maps need (N, classes) scores")
-    _check(images, class_index, target, out[-1])
+    _check_classes(images, class_index, out[-1])
     return info, head
 
 
@@ -114,7 +119,8 @@ def grad_cam_plus_plus(model: nn.Module, variables: Mapping, images, class_index
     a, g = _feature_grads(model, variables, images, class_index, info.path, info.shape, head, target)
     g2, g3 = g ** 2, g ** 3
     denom = 2 * g2 + a.sum(axis=(1, 2), keepdims=True) * g3
-    alpha = jnp.where(g != 0, g2 / jnp.where(denom != 0, denom, 1e-7), 0.0)
+    defined = (g != 0) & (denom != 0)
+    alpha = jnp.where(defined, g2 / jnp.where(defined, denom, 1.0), 0.0)
     weights = (alpha * jnp.maximum(g, 0)).sum(axis=(1, 2))
     return _normalise(jnp.einsum("nhwk,nk->nhw", a, weights))
 
@@ -133,8 +139,9 @@ def saliency(model: nn.Module, variables: Mapping, images, class_index=None, tar
 
     images: (N, H, W, C) float32. Returns (N, H, W) float32 in [0, 1] (divided by each map's max).
     """
+    _check_args(images, target)
     infos = capture.layer_infos(model, variables, images)
     head = capture.squashed_head(infos)
-    _check(images, class_index, target, infos[-1].shape[-1])
+    _check_classes(images, class_index, infos[-1].shape[-1])
     g = _input_grads(model, variables, images, class_index, head, target)
     return _normalise(jnp.abs(g).max(axis=-1))

@@ -63,10 +63,11 @@ def run(size: int = 96, n_train: int = 50, seed: int = 0, epochs: int = 20, batc
     rows = []
 
     def record(name, fn, **details):
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         history, accuracy = fn()
         rows.append({"recipe": name, "test_accuracy": accuracy, "seed": seed, "wall_s": time.perf_counter() - t,
-                     "train_accuracy": history.history["accuracy"][-1], **details})
+                     "cpu_s": time.process_time() - cpu, "train_accuracy": history.history["accuracy"][-1],
+                     **details})
         print(rows[-1], flush=True)
         return history
 
@@ -126,12 +127,13 @@ def markdown(result: dict) -> str:
         "`Dense(256, relu), Dropout(0.5), Dense(1, sigmoid)`. Augmentation: rotation 20, shifts 0.1, zoom 0.1, "
         "horizontal flips. Fine-tuning keeps BatchNormalization frozen (inference mode) in phase 2 too.",
         "",
-        "| recipe | test accuracy | train accuracy (last epoch) | epochs | optimizer | seed | wall time (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| recipe | test accuracy | train accuracy (last epoch) | epochs | optimizer | seed | wall time (s) "
+        "| CPU time (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(f"| {r['recipe']} | {r['test_accuracy']:.3f} | {r['train_accuracy']:.3f} | {r['epochs']} | "
-                     f"{r['lr']} | {r['seed']} | {r['wall_s']:.1f} |")
+                     f"{r['lr']} | {r['seed']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} |")
     lines += [
         "",
         f"Frozen BatchNormalization: after `feature_extraction_with_augmentation` the base's moving statistics "
@@ -139,8 +141,10 @@ def markdown(result: dict) -> str:
         "inference mode, as in Keras >= 2.1.3).",
         "",
         f"Machine: {result['machine']}; load average at the end {tuple(round(v, 1) for v in result['load_average'])} "
-        "(a 2-core machine shared with other jobs while this ran, so wall times are inflated and noisy). "
-        f"Wall times include compilation; porting the weights took {result['load_s']:.1f} s once.",
+        "(a 2-core machine shared with other jobs while this ran, so wall times are inflated and noisy; the CPU "
+        "time, all threads of this process, is the steadier number). Times include compilation; porting the "
+        f"weights took {result['load_s']:.1f} s once. Reproduce with `python -m benchmarks.transfer_experiment` "
+        "(`--size`, `--train`, `--epochs`, `--seed`).",
     ]
     return "\n".join(lines) + "\n"
 

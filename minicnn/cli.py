@@ -141,16 +141,52 @@ def cmd_summary(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import jax
+
+    from minicnn import models, weights
+    from minicnn.augment import ImageAugmenter
+    from minicnn.data import image_dataset_from_directory, list_image_files
+    from minicnn.train import CSVLogger
     from minicnn.transfer import recipes
+    from minicnn.transfer.experiment import UNFREEZE_FROM
     if not Path(args.data_dir).is_dir():
         raise CLIError(f"no such data directory: {args.data_dir}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    history = recipes.run_recipe(args.recipe, args.data_dir, out_dir=out, epochs=args.epochs,
-                                 model=args.model, image_size=args.image_size,
-                                 batch_size=args.batch_size, seed=args.seed)
+    size = (args.image_size, args.image_size)
+    n_classes = len(list_image_files(args.data_dir)[2])
+    classes = 1 if n_classes == 2 else n_classes  # two classes: one sigmoid unit, as in the lecture
+    split = dict(directory=args.data_dir, target_size=size, batch_size=args.batch_size, seed=args.seed,
+                 validation_split=args.validation_split, class_mode="binary" if classes == 1 else "sparse")
+    train = image_dataset_from_directory(subset="training", **split)
+    val = image_dataset_from_directory(subset="validation", **split)
+    augmenter = ImageAugmenter(rotation_range=40, width_shift_range=0.2, height_shift_range=0.2,
+                               shear_range=20, zoom_range=0.2, horizontal_flip=True)
+    (out / "log.csv").unlink(missing_ok=True)  # appended to, so both fine-tuning phases are logged
+    common = dict(classes=classes, seed=args.seed, verbose=1, callbacks=[CSVLogger(out / "log.csv", append=True)])
+    if args.recipe == "scratch":
+        model = models.small_convnet((*size, 3), dropout=0.5, classes=classes)
+        history = recipes.train_from_scratch(model, train, val, epochs=args.epochs, augment=augmenter,
+                                             preprocess=lambda x: x / 255.0, **common)
+    else:
+        cls, entry, _ = models.PRETRAINED[args.model]
+        mode = weights.registry()[entry]["preprocessing"]
+        base = cls(include_top=False, weights="imagenet", input_shape=(*size, 3))
+        prep = dict(preprocess=lambda x: weights.preprocess_input(x, mode))
+        if args.recipe == "features":
+            history = recipes.feature_extraction(base, train, val, epochs=args.epochs,
+                                                 cache_dir=out / "features_cache", **prep, **common)
+        elif args.recipe == "features-aug":
+            history = recipes.feature_extraction_with_augmentation(base, train, val, epochs=args.epochs,
+                                                                   augment=augmenter, **prep, **common)
+        else:
+            history = recipes.fine_tune(base, train, val, unfreeze_from=UNFREEZE_FROM[args.model],
+                                        epochs=(args.epochs, args.epochs), augment=augmenter, **prep, **common)
+    weights.save(jax.device_get(history.trainer.variables), out / "model")
+    history.save(out / "history.json")
+    history.plot(out / "curves.png")
     last = {k: v[-1] for k, v in history.history.items() if v}
-    print(json.dumps({"recipe": args.recipe, "out": str(out), **last}, default=float))
+    print(json.dumps({"recipe": args.recipe, "classes": train.class_names, "out": str(out), **last}, default=float))
     return 0
 
 
@@ -244,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="efficientnet_lite0", choices=("efficientnet_lite0", "vgg16"))
     p.add_argument("--image-size", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--validation-split", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
 
     p = add("weights", cmd_weights, "list, fetch or port pretrained weight sets")

@@ -122,3 +122,24 @@ def test_weights_list_fetch_port(capsys, tmp_path, monkeypatch):
 def test_train_errors(capsys, tmp_path):
     code, _, err = run(capsys, "train", tmp_path / "nowhere", "--recipe", "scratch")
     assert_one_line_error(code, err, "no such data directory")
+
+
+def test_train_scratch_saves_model_history_log_and_curves(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
+    out = tmp_path / "run"
+    code, stdout, _ = run(capsys, "train", tmp_path / "data", "--recipe", "scratch", "--epochs", "2",
+                          "--image-size", "48", "--batch-size", "4", "--out", out)
+    assert code == 0
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["classes"] == ["cats", "dogs"] and 0 <= summary["val_accuracy"] <= 1
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["history"]["loss"]) == 2
+    assert (out / "log.csv").read_text().splitlines()[0].startswith("epoch,")
+    assert len((out / "log.csv").read_text().splitlines()) == 3
+    assert Image.open(out / "curves_accuracy.png").format == "PNG"
+    from minicnn.weights import load
+    assert "params" in load(out / "model")

@@ -88,17 +88,17 @@ def pretrained_model(base: nn.Module, x, variables=None, head: Sequence[nn.Modul
 
 def train_from_scratch(model: nn.Module, train, validation=None, *, epochs: int = 30, classes: int = 1,
                        optimizer="rmsprop", learning_rate: float = 1e-4, augment=None, preprocess=None,
-                       variables=None, seed: int = 0, verbose: int = 0) -> History:
+                       variables=None, seed: int = 0, verbose: int = 0, callbacks=()) -> History:
     """Train every parameter of ``model`` (e.g. :func:`minicnn.models.small_convnet`) from its
     random initialisation (seeded by ``seed``), or from ``variables`` when given."""
     trainer = Trainer(model, _loss(classes), _optimizer(optimizer, learning_rate), variables=variables)
     return trainer.fit(_prepared(train, augment, preprocess, seed), epochs=epochs, seed=seed, verbose=verbose,
-                       validation_data=_prepared(validation, preprocess=preprocess))
+                       callbacks=callbacks, validation_data=_prepared(validation, preprocess=preprocess))
 
 
 def feature_extraction(base: nn.Module, train, validation=None, *, variables=None, head=None, classes: int = 1,
                        epochs: int = 30, optimizer="rmsprop", learning_rate: float = 2e-5, preprocess=None,
-                       cache_dir=None, seed: int = 0, verbose: int = 0) -> History:
+                       cache_dir=None, seed: int = 0, verbose: int = 0, callbacks=()) -> History:
     """Run the frozen ``base`` once over ``train`` and ``validation`` (:func:`extract_features`,
     cached in ``cache_dir``), then train ``head`` (default :func:`default_head`) on the features.
 
@@ -116,13 +116,14 @@ def feature_extraction(base: nn.Module, train, validation=None, *, variables=Non
     head = Sequential(default_head(classes) if head is None else head)
     trainer = Trainer(head, _loss(classes), _optimizer(optimizer, learning_rate))
     return trainer.fit(features(train, True), epochs=epochs, seed=seed, verbose=verbose,
+                       callbacks=callbacks,
                        validation_data=None if validation is None else features(validation, False))
 
 
 def feature_extraction_with_augmentation(base: nn.Module, train, validation=None, *, variables=None, head=None,
                                          classes: int = 1, epochs: int = 30, optimizer="rmsprop",
                                          learning_rate: float = 2e-5, augment=None, preprocess=None,
-                                         seed: int = 0, verbose: int = 0) -> History:
+                                         seed: int = 0, verbose: int = 0, callbacks=()) -> History:
     """Train ``Sequential([base, *head])`` end to end on (augmented) batches with the whole base
     frozen (``conv_base.trainable = False``): the base runs forward on every batch, gradients stop
     at the head."""
@@ -132,13 +133,13 @@ def feature_extraction_with_augmentation(base: nn.Module, train, validation=None
     trainer = Trainer(model, _loss(classes), _optimizer(optimizer, learning_rate),
                       variables=full, trainable=mask)
     return trainer.fit(_prepared(train, augment, preprocess, seed), epochs=epochs, seed=seed, verbose=verbose,
-                       validation_data=_prepared(validation, preprocess=preprocess))
+                       callbacks=callbacks, validation_data=_prepared(validation, preprocess=preprocess))
 
 
 def fine_tune(base: nn.Module, train, validation=None, *, unfreeze_from: str, variables=None, head=None,
               classes: int = 1, epochs: tuple[int, int] = (30, 100), optimizer="rmsprop",
               learning_rates: tuple[float, float] = (2e-5, 1e-5), augment=None, preprocess=None,
-              train_batchnorm: bool = False, seed: int = 0, verbose: int = 0) -> History:
+              train_batchnorm: bool = False, seed: int = 0, verbose: int = 0, callbacks=()) -> History:
     """The lecture's fine-tuning: phase 1 trains the head on top of the frozen base
     (:func:`feature_extraction_with_augmentation`, ``epochs[0]`` epochs at ``learning_rates[0]``);
     phase 2 unfreezes ``unfreeze_from`` (e.g. ``"block5_conv1"``) and every layer after it and
@@ -152,7 +153,7 @@ def fine_tune(base: nn.Module, train, validation=None, *, unfreeze_from: str, va
     history = feature_extraction_with_augmentation(
         base, train, validation, variables=variables, head=head, classes=classes, epochs=epochs[0],
         optimizer=optimizer, learning_rate=learning_rates[0], augment=augment, preprocess=preprocess,
-        seed=seed, verbose=verbose)
+        seed=seed, verbose=verbose, callbacks=callbacks)
     trainer = history.trainer
     x = _first_x(_prepared(train, preprocess=preprocess))
     mask = trainable_mask(trainer.variables, from_layer=unfreeze_from, model=trainer.model,
@@ -161,7 +162,7 @@ def fine_tune(base: nn.Module, train, validation=None, *, unfreeze_from: str, va
         mask = jax.tree_util.tree_map(lambda m, bn: m and not bn, mask, _batchnorm_leaves(trainer.variables))
     trainer.set_trainable(mask, _optimizer(optimizer, learning_rates[1]))
     return trainer.fit(_prepared(train, augment, preprocess, seed + 1), epochs=sum(epochs),
-                       initial_epoch=epochs[0], seed=seed, verbose=verbose,
+                       initial_epoch=epochs[0], seed=seed, verbose=verbose, callbacks=callbacks,
                        validation_data=_prepared(validation, preprocess=preprocess))
 
 

@@ -116,3 +116,52 @@ def test_masked_mean_ignores_padding():
     assert float(masked_mean(padded + 100 * (1 - mask)[:, None], mask)) == pytest.approx(v.mean())
     with pytest.raises(ValueError, match="same leading"):
         pad_batch((v, v[:2]), 4)
+
+
+TRAINER_SCRIPT = textwrap.dedent("""
+    import json
+    import jax, numpy as np
+    from minicnn import parallel
+    from minicnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential
+    from minicnn.train import Trainer
+
+    assert jax.device_count() == 4
+    model = Sequential([Conv2D(4, 3, activation="relu"), BatchNormalization(), MaxPooling2D(2), Flatten(),
+                        Dropout(0.3), Dense(1, activation="sigmoid")])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 10, 10, 3)).astype(np.float32)
+    y = rng.integers(0, 2, 40).astype(np.float32)
+    runs = {}
+    for name, mesh in (("one", None), ("four", parallel.data_mesh())):
+        trainer = Trainer(model, "binary_crossentropy", "adam", mesh=mesh)
+        history = trainer.fit(x, y, batch_size=8, epochs=1, verbose=0, seed=3)   # 5 steps
+        runs[name] = {"params": [np.asarray(a).tolist() for a in jax.tree.leaves(trainer.variables)],
+                      "loss": history.history["loss"],
+                      "eval": trainer.evaluate(x[:13], y[:13], batch_size=13),  # 13 rows: padded to 16
+                      "predict": trainer.predict(x[:7]).tolist(),
+                      "devices": len(jax.tree.leaves(trainer.state["params"])[0].sharding.device_set)}
+    try:
+        Trainer(model, "binary_crossentropy", "adam", mesh=parallel.data_mesh()).fit(x[:6], y[:6], batch_size=6,
+                                                                                   verbose=0)
+        runs["error"] = None
+    except ValueError as e:
+        runs["error"] = str(e)
+    print(json.dumps(runs))
+""")
+
+
+def test_trainer_data_parallel_equals_single_device():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", TRAINER_SCRIPT], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    one, four = runs["one"], runs["four"]
+    assert one["devices"] == 1 and four["devices"] == 4
+    for a, b in zip(one["params"], four["params"]):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(four["loss"], one["loss"], rtol=1e-5)
+    for k in one["eval"]:
+        assert abs(four["eval"][k] - one["eval"][k]) <= 1e-5 * max(1.0, abs(one["eval"][k]))
+    np.testing.assert_allclose(four["predict"], one["predict"], rtol=1e-5, atol=1e-6)
+    assert "not divisible by the 4 local devices" in runs["error"]

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from minicnn import ops
+from minicnn import ops, parallel
 from minicnn.layers import BatchNormalization
 from minicnn.train import checkpoint, losses as losses_lib, metrics as metrics_lib, optimizers
 from minicnn.train import partition
@@ -121,13 +121,19 @@ class Trainer:
     variables: start from these (pretrained, or built by a transfer-learning recipe) instead of
       ``model.init`` on the first batch.
     trainable: a mask of bools over ``params`` (a bool may stand for a whole layer); None trains all.
+    mesh: data parallelism over a ``jax.sharding.Mesh`` (e.g. ``minicnn.parallel.data_mesh()``, every
+      local device): the train state is replicated, each batch is split over the devices and XLA
+      reduces the gradients. Training batches must divide by the device count (a clear error
+      otherwise); evaluate and predict pad. None: the default device.
     """
 
     def __init__(self, model: nn.Module, loss: str | Callable = "binary_crossentropy",
                  optimizer: str | optax.GradientTransformation = "rmsprop",
                  metrics: Sequence[str | Callable] = ("accuracy",), *, from_logits: bool = False,
-                 optimizer_kwargs: dict | None = None, variables: dict | None = None, trainable=None):
+                 optimizer_kwargs: dict | None = None, variables: dict | None = None, trainable=None,
+                 mesh=None):
         self.model = model
+        self.mesh = mesh
         self.loss_fn = losses_lib.get(loss, from_logits)
         loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", None)
         self.metric_fns = dict(metrics_lib.get(m, loss_name) for m in metrics)
@@ -175,7 +181,7 @@ class Trainer:
         self._require_built("set_variables")
         new = {"params": variables["params"], "batch_stats": variables.get("batch_stats", self.state["batch_stats"])}
         _check_like(new, {"params": self.state["params"], "batch_stats": self.state["batch_stats"]})
-        self.state = {**self.state, **_copy(new)}
+        self.state = {**self.state, **self._placed(_copy(new))}
 
     @property
     def trainable(self):
@@ -199,6 +205,7 @@ class Trainer:
         self._flat_mask = partition.flat_mask(self.state["params"], mask)
         trainable, _ = partition.split(self.state["params"], self._flat_mask)
         self.state["opt_state"] = _copy(self.tx.init(trainable))  # own buffers: the state is donated
+        self.state = self._placed(self.state)
         self._train_step = self._make_train_step()
         self._eval_step = self._make_eval_step()
 
@@ -269,8 +276,19 @@ class Trainer:
         """One optimizer step on one batch; returns that batch's ``loss`` and metrics (floats)."""
         if not self.built:
             self.build(x, seed)
-        self.state, logs = self._train_step(self.state, jnp.asarray(x), jnp.asarray(y))
+        self.state, logs = self._train_step(self.state, *self._on_devices(x, y, pad=False))
         return {k: float(v) for k, v in logs.items()}
+
+    def _placed(self, tree):
+        """``tree`` replicated over ``mesh`` (data parallelism), or as it is."""
+        return tree if self.mesh is None else parallel.replicate(tree, self.mesh)
+
+    def _on_devices(self, *arrays, pad: bool):
+        """Device arrays for a batch: whole on the default device, or split over ``mesh``
+        (padded with zero rows up to a multiple of the device count when ``pad``)."""
+        if self.mesh is None:
+            return tuple(jnp.asarray(a) for a in arrays)
+        return parallel.shard_batch(tuple(np.asarray(a) for a in arrays), self.mesh, pad=pad)[0]
 
     def fit(self, x, y=None, *, batch_size: int | None = None, epochs: int = 1, validation_data=None,
             steps_per_epoch: int | None = None, validation_steps: int | None = None,
@@ -323,7 +341,7 @@ class Trainer:
                 if not self.built:
                     self.build(xb, seed)
                 cb.on_batch_begin(batch)
-                self.state, logs = self._train_step(self.state, jnp.asarray(xb), jnp.asarray(yb))
+                self.state, logs = self._train_step(self.state, *self._on_devices(xb, yb, pad=False))
                 n = len(xb)
                 sums = {k: sums.get(k, 0.0) + v * n for k, v in logs.items()}
                 count += n
@@ -364,7 +382,7 @@ class Trainer:
             size = size or n
             weight = _pad(np.ones(n, np.float32), size)
             out = self._eval_step(self.state["params"], self.state["batch_stats"],
-                                  _pad(xb, size), _pad(yb, size), weight)
+                                  *self._on_devices(_pad(xb, size), _pad(yb, size), weight, pad=True))
             sums = out if sums is None else {k: sums[k] + out[k] for k in out}
             count += n
         if sums is None:
@@ -390,7 +408,7 @@ class Trainer:
             n = len(xb)
             size = size or n
             variables = {"params": self.state["params"], "batch_stats": self.state["batch_stats"]}
-            outs.append(np.asarray(self._predict_step(variables, _pad(xb, size)))[:n])
+            outs.append(np.asarray(self._predict_step(variables, *self._on_devices(_pad(xb, size), pad=True)))[:n])
         if not outs:
             raise ValueError("predict: the data yielded no batches")
         return np.concatenate(outs)
@@ -409,7 +427,8 @@ class Trainer:
         self.state = {"params": _copy(saved["params"]), "batch_stats": _copy(saved["batch_stats"]),
                       "step": jnp.asarray(saved["step"]), "rng": jnp.asarray(saved["rng"])}
         self.set_trainable(traverse_util.unflatten_dict(ckpt["flat_mask"]))
-        self.state["opt_state"] = _copy(checkpoint.restore_opt_state(self.state["opt_state"], saved["opt_state"]))
+        self.state["opt_state"] = self._placed(
+            _copy(checkpoint.restore_opt_state(self.state["opt_state"], saved["opt_state"])))
         self.epoch, self.history = ckpt["epoch"], ckpt["history"]
         return self
 

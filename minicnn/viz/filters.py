@@ -3,7 +3,9 @@
 All requested filters are optimised by one jitted program, ``vmap`` across filters of a
 ``lax.scan`` over steps. The forward pass is cut at the requested layer, and a Conv2D/Dense layer
 computes only the optimised filter's channel (its sliced kernel), so filter f's forward and
-backward skip the layer's other filters: for a first conv layer that is most of the work. Two presets:
+backward skip the layer's other filters: for a first conv layer that is most of the work. Under
+vmap that is a grouped convolution, which :func:`minicnn.ops.jit` keeps on XLA's Eigen kernels
+(4.5x faster than YNNPACK's on CPU, measured). Two presets:
 
 - ``"book"``: Chollet's lecture recipe. Start from grey noise ``uniform * 20 + 128``, 40 steps of
   ``x += step_size * g / rms(g)``, the model fed the raw pixels.
@@ -150,7 +152,7 @@ PRESETS = {
 
 # --- the program --------------------------------------------------------------------------------
 
-@partial(jax.jit, static_argnames=("model", "path", "size", "steps", "param", "optimizer", "step_size",
+@partial(ops.jit, static_argnames=("model", "path", "size", "steps", "param", "optimizer", "step_size",
                                    "transforms", "penalties", "preprocess"))
 def _ascend(model, variables, filters, key, *, path, size, steps, param, optimizer, step_size,
             transforms, penalties, preprocess):

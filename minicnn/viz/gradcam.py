@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from minicnn import ops
 from minicnn.viz import capture
 
 __all__ = ["grad_cam", "grad_cam_plus_plus", "saliency"]
@@ -74,7 +75,7 @@ def _setup(model, variables, images, layer, class_index, target):
     return info, head
 
 
-@partial(jax.jit, static_argnames=("model", "path", "shape", "head", "target"))
+@partial(ops.jit, static_argnames=("model", "path", "shape", "head", "target"))
 def _feature_grads(model, variables, images, class_index, path, shape, head, target):
     """``(A, dS/dA)``, both (N, h, w, K), for the summed class scores S (images are independent)."""
 
@@ -125,7 +126,7 @@ def grad_cam_plus_plus(model: nn.Module, variables: Mapping, images, class_index
     return _normalise(jnp.einsum("nhwk,nk->nhw", a, weights))
 
 
-@partial(jax.jit, static_argnames=("model", "head", "target"))
+@partial(ops.jit, static_argnames=("model", "head", "target"))
 def _input_grads(model, variables, images, class_index, head, target):
     def total_score(x):
         z, _ = capture.apply_logits(model, variables, x, head)

@@ -57,10 +57,13 @@ def bench_filters(n_filters: int, steps: int, size: int) -> list[dict]:
     loop = _timed(lambda: [filter_patterns(model, variables, LAYER, [f], **kw) for f in filters])
     keras_loop = _keras_filter_loop(filters, steps, size)
     tag = dict(filters=n_filters, steps=steps, size=size)
-    return [_row("filters: minicnn vmapped (warm)", vmapped, first_call_s=round(first_vmap, 3), **tag),
+    # workload + impl: the suite (python -m benchmarks) pivots these two into its comparison table
+    workload = f"filter patterns VGG16 {LAYER}, {n_filters} filters x {steps} steps, {size}px"
+    return [_row("filters: minicnn vmapped (warm)", vmapped, first_call_s=round(first_vmap, 3),
+                 workload=workload, impl="minicnn", **tag),
             _row("filters: minicnn per-filter loop (warm)", loop, first_call_s=round(first_one, 3),
                  speedup_of_vmapped=round(loop / vmapped, 1), **tag),
-            _row("filters: Keras 3 per-filter loop (lecture)", keras_loop,
+            _row("filters: Keras 3 per-filter loop (lecture)", keras_loop, workload=workload, impl="keras",
                  speedup_of_vmapped=round(keras_loop / vmapped, 1),
                  speedup_of_vmapped_first_call=round(keras_loop / first_vmap, 1), **tag)]
 

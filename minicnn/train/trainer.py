@@ -207,7 +207,8 @@ class Trainer:
         self.state["opt_state"] = _copy(self.tx.init(trainable))  # own buffers: the state is donated
         self.state = self._placed(self.state)
         self._train_step = self._make_train_step()
-        self._eval_step = self._make_eval_step()
+        if not hasattr(self, "_eval_step"):  # inference ignores the mask and optimizer: compile it once
+            self._eval_step = self._make_eval_step()
 
     @property
     def learning_rate(self) -> float:

@@ -21,6 +21,7 @@ import numpy as np
 from minicnn.augment import ImageAugmenter
 from minicnn.data import from_arrays
 from minicnn.models import PRETRAINED, small_convnet
+from minicnn.train import History
 from minicnn.transfer.features import extract_features
 from minicnn.transfer.recipes import (feature_extraction, feature_extraction_with_augmentation, fine_tune,
                                       train_from_scratch)
@@ -53,7 +54,8 @@ def run(model: str = "efficientnet_lite0", size: int = 96, n_train: int = 50, se
     """Train and test the four recipes; returns ``{"rows": [...], "histories": {...}, ...}``.
 
     Each row: recipe, test accuracy, train accuracy of the last epoch, seed, wall and CPU seconds
-    (compilation included). ``scratch_epochs`` (default ``epochs``) lets the from-scratch convnet
+    (compilation included). Fine-tuning continues the model of the frozen-base recipe (as the
+    lecture does), so its row times phase 2 only. ``scratch_epochs`` (default ``epochs``) lets the from-scratch convnet
     train longer, as it needs to.
     """
     cls, entry, _ = PRETRAINED[model]
@@ -64,12 +66,13 @@ def run(model: str = "efficientnet_lite0", size: int = 96, n_train: int = 50, se
 
     x_tr, y_tr, x_te, y_te = lfw_split(size, n_train, seed)
     train = lambda: from_arrays(x_tr, y_tr, batch_size=batch_size, seed=seed)  # noqa: E731
-    test = lambda: from_arrays(x_te, y_te, batch_size=25, shuffle=False)  # noqa: E731
+    # The same batch size everywhere: one compiled program per shape, shared by train and test.
+    test = lambda: from_arrays(x_te, y_te, batch_size=batch_size, shuffle=False)  # noqa: E731
     base = cls(include_top=False, weights="imagenet", pooling="avg")
     t = time.perf_counter()
     base_vars = jax.jit(base.init)(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
     load_s = time.perf_counter() - t
-    rows, histories, frozen_bn = [], {}, {}
+    rows, histories, trained, frozen_bn = [], {}, {}, {}
 
     def record(key, name, fn, **details):
         t, cpu = time.perf_counter(), time.process_time()
@@ -77,7 +80,8 @@ def run(model: str = "efficientnet_lite0", size: int = 96, n_train: int = 50, se
         rows.append({"recipe": name, "test_accuracy": float(accuracy), "seed": seed,
                      "wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - cpu,
                      "train_accuracy": float(history.history["accuracy"][-1]), **details})
-        histories[key] = history
+        histories[key] = History.from_json(history.to_json())  # a snapshot: fine_tune continues one
+        trained[key] = history
 
     def scratch():
         h = train_from_scratch(small_convnet((size, size, 3), dropout=0.5), train(), test(),
@@ -90,7 +94,7 @@ def run(model: str = "efficientnet_lite0", size: int = 96, n_train: int = 50, se
         h = feature_extraction(base, train(), test(), variables=base_vars, epochs=epochs, learning_rate=1e-4,
                                preprocess=prep, seed=seed, verbose=verbose)
         f, y = extract_features(base, base_vars, test().map(prep), verbose=False)
-        return h, h.trainer.evaluate(from_arrays(f, y, batch_size=25, shuffle=False))["accuracy"]
+        return h, h.trainer.evaluate(from_arrays(f, y, batch_size=batch_size, shuffle=False))["accuracy"]
 
     def augmented():
         h = feature_extraction_with_augmentation(base, train(), test(), variables=base_vars, epochs=epochs,
@@ -101,10 +105,10 @@ def run(model: str = "efficientnet_lite0", size: int = 96, n_train: int = 50, se
             jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(base_vars.get("batch_stats", {}))))
         return h, h.trainer.evaluate(test().map(prep))["accuracy"]
 
-    def tuned():
-        h = fine_tune(base, train(), test(), variables=base_vars, unfreeze_from=UNFREEZE_FROM[model],
-                      epochs=(epochs, epochs), learning_rates=(1e-4, 1e-5), augment=AUGMENT, preprocess=prep,
-                      seed=seed, verbose=verbose)
+    def tuned():  # continues from the frozen-base model, as the lecture does
+        h = fine_tune(base, train(), test(), unfreeze_from=UNFREEZE_FROM[model], epochs=(epochs, epochs),
+                      learning_rates=(1e-4, 1e-5), augment=AUGMENT, preprocess=prep,
+                      phase1=trained["features_aug"], seed=seed, verbose=verbose)
         return h, h.trainer.evaluate(test().map(prep))["accuracy"]
 
     lr = "RMSprop 1e-4"
@@ -112,7 +116,7 @@ def run(model: str = "efficientnet_lite0", size: int = 96, n_train: int = 50, se
            epochs=scratch_epochs or epochs, lr=lr)
     record("features", "feature_extraction (cached features, no augmentation)", features, epochs=epochs, lr=lr)
     record("features_aug", "feature_extraction_with_augmentation (frozen base)", augmented, epochs=epochs, lr=lr)
-    record("fine_tune", f"fine_tune (head, then from {UNFREEZE_FROM[model]})", tuned,
+    record("fine_tune", f"fine_tune (the frozen-base model above, then from {UNFREEZE_FROM[model]})", tuned,
            epochs=f"{epochs} + {epochs}", lr=f"{lr}, then 1e-5")
     return {"rows": rows, "histories": histories, "model": model, "preprocessing": mode, "size": size,
             "n_train": n_train, "n_test": len(y_te), "seed": seed, "batch_size": batch_size, "load_s": load_s,

@@ -139,9 +139,12 @@ def feature_extraction_with_augmentation(base: nn.Module, train, validation=None
 def fine_tune(base: nn.Module, train, validation=None, *, unfreeze_from: str, variables=None, head=None,
               classes: int = 1, epochs: tuple[int, int] = (30, 100), optimizer="rmsprop",
               learning_rates: tuple[float, float] = (2e-5, 1e-5), augment=None, preprocess=None,
-              train_batchnorm: bool = False, seed: int = 0, verbose: int = 0, callbacks=()) -> History:
+              train_batchnorm: bool = False, phase1: History | None = None, seed: int = 0, verbose: int = 0,
+              callbacks=()) -> History:
     """The lecture's fine-tuning: phase 1 trains the head on top of the frozen base
-    (:func:`feature_extraction_with_augmentation`, ``epochs[0]`` epochs at ``learning_rates[0]``);
+    (:func:`feature_extraction_with_augmentation`, ``epochs[0]`` epochs at ``learning_rates[0]``),
+    or continues from ``phase1``, the History of such a run (the lecture fine-tunes the model it
+    has just trained that way; its compiled steps are reused);
     phase 2 unfreezes ``unfreeze_from`` (e.g. ``"block5_conv1"``) and every layer after it and
     trains ``epochs[1]`` more epochs at ``learning_rates[1]`` with a fresh optimizer state. The
     History covers both phases, epoch numbers running on.
@@ -150,19 +153,20 @@ def fine_tune(base: nn.Module, train, validation=None, *, unfreeze_from: str, va
     ``train_batchnorm`` (Keras' advice for fine-tuning EfficientNet: small batches would otherwise
     replace the pretrained statistics with noisy ones).
     """
-    history = feature_extraction_with_augmentation(
+    history = phase1 if phase1 is not None else feature_extraction_with_augmentation(
         base, train, validation, variables=variables, head=head, classes=classes, epochs=epochs[0],
         optimizer=optimizer, learning_rate=learning_rates[0], augment=augment, preprocess=preprocess,
         seed=seed, verbose=verbose, callbacks=callbacks)
     trainer = history.trainer
+    start = trainer.epoch
     x = _first_x(_prepared(train, preprocess=preprocess))
     mask = trainable_mask(trainer.variables, from_layer=unfreeze_from, model=trainer.model,
                           input_shape=x.shape[1:])
     if not train_batchnorm:
         mask = jax.tree_util.tree_map(lambda m, bn: m and not bn, mask, _batchnorm_leaves(trainer.variables))
     trainer.set_trainable(mask, _optimizer(optimizer, learning_rates[1]))
-    return trainer.fit(_prepared(train, augment, preprocess, seed + 1), epochs=sum(epochs),
-                       initial_epoch=epochs[0], seed=seed, verbose=verbose, callbacks=callbacks,
+    return trainer.fit(_prepared(train, augment, preprocess, seed + 1), epochs=start + epochs[1],
+                       initial_epoch=start, seed=seed, verbose=verbose, callbacks=callbacks,
                        validation_data=_prepared(validation, preprocess=preprocess))
 
 

@@ -300,6 +300,11 @@ class TerminateOnNaN(Callback):
             self.trainer.stop_training = True
 
 
+def _format(value: float) -> str:
+    """Keras' progress-bar number: 4 decimals, or scientific notation below 1e-3 (learning rates)."""
+    return f"{value:.4e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+
+
 class ProgbarLogger(Callback):
     """Keras-style progress: ``verbose=1`` a per-batch tqdm bar with the running loss and metrics,
     then ``"N/N - 3s 30ms/step - accuracy: 0.5 - loss: 0.69 - val_accuracy: ... - val_loss: ..."``;
@@ -329,7 +334,7 @@ class ProgbarLogger(Callback):
             self.bar = None
         elapsed = time.perf_counter() - self.start
         per_step = 1000 * elapsed / max(self.seen, 1)
-        metrics = " - ".join(f"{k}: {v:.4f}" for k, v in sorted((logs or {}).items(), key=_keras_order))
+        metrics = " - ".join(f"{k}: {_format(v)}" for k, v in sorted((logs or {}).items(), key=_keras_order))
         print(f"{self.seen}/{self.steps or self.seen} - {elapsed:.0f}s {per_step:.0f}ms/step - {metrics}")
 
 

@@ -91,7 +91,7 @@ def test_minicnn_jit_equals_jax_jit_and_keeps_convs_and_dots_off_ynnpack():
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(2, 12, 12, 32)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(3, 3, 32, 32)), jnp.float32)
-    f = lambda x, k: jax.nn.relu(ops.conv2d(x, k, padding="same"))  # noqa: E731
+    f = lambda x, k: jax.nn.relu(ops.conv2d(x, k, padding="same", algorithm="xla"))  # noqa: E731
     np.testing.assert_allclose(ops.jit(f)(x, k), jax.jit(f)(x, k), rtol=1e-5, atol=1e-4)
     if not ops.compiler_options():
         pytest.skip("this jaxlib does not know minicnn's CPU compiler options")
@@ -102,3 +102,18 @@ def test_minicnn_jit_equals_jax_jit_and_keeps_convs_and_dots_off_ynnpack():
     assert "convolution(" in hlo and "ynn_fusion" not in hlo
     explicit = ops.jit(f, compiler_options={"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"})
     np.testing.assert_allclose(explicit(x, k), jax.jit(f)(x, k), rtol=1e-5, atol=1e-4)
+
+
+def test_auto_uses_winograd_only_under_minicnn_jit_and_for_wide_inputs():
+    rng = np.random.default_rng(4)
+    wide = jnp.asarray(rng.normal(size=(2, 10, 10, 16)), jnp.float32)
+    rgb = jnp.asarray(rng.normal(size=(2, 10, 10, 3)), jnp.float32)
+    conv = lambda x: ops.conv2d(x, jnp.ones((3, 3, x.shape[-1], 8)), padding="same")  # noqa: E731
+    plain = jax.jit(conv).lower(wide).compile().as_text()
+    assert "convolution(" in plain  # plain jax.jit: XLA's convolution
+    assert "convolution(" in ops.jit(conv).lower(rgb).compile().as_text()  # C = 3: XLA's convolution
+    assert not ops.tuned_compile()  # only set while ops.jit traces
+    if not ops.compiler_options():
+        pytest.skip("no minicnn compiler options on this backend: auto is XLA everywhere")
+    assert "convolution(" not in ops.jit(conv).lower(wide).compile().as_text()  # Winograd: dots
+    np.testing.assert_allclose(ops.jit(conv)(wide), jax.jit(conv)(wide), rtol=1e-5, atol=1e-4)

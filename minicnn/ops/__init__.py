@@ -20,7 +20,7 @@ from jax import lax
 from minicnn.ops import winograd
 from minicnn.ops.policy import (CONV_ALGORITHMS, compiler_options, compute_dtype, conv_algorithm,
                                 get_compute_dtype, get_conv_algorithm, jit, set_compute_dtype,
-                                set_conv_algorithm)
+                                set_conv_algorithm, tuned_compile)
 
 Padding = Union[str, int, tuple[tuple[int, int], tuple[int, int]]]
 
@@ -108,6 +108,7 @@ def check_input(x, rank: int = 4, channels: int | None = None, what: str = "inpu
 
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
+WINOGRAD_MIN_CHANNELS = 16
 
 
 def _to_compute_dtype(x):
@@ -115,13 +116,17 @@ def _to_compute_dtype(x):
     return x if dtype is None else x.astype(dtype)
 
 
-def _pick_conv_algorithm(algorithm, kernel, s, d, groups) -> str:
+def _pick_conv_algorithm(algorithm, x, kernel, s, d, groups) -> str:
     algorithm = algorithm or get_conv_algorithm()
     if algorithm not in ("auto", *CONV_ALGORITHMS):
         raise ValueError(f"conv2d algorithm must be one of {('auto', *CONV_ALGORITHMS)}, got {algorithm!r}")
     eligible = kernel.shape[:2] == (3, 3) and s == (1, 1) and d == (1, 1) and groups == 1
-    # "auto" is XLA's convolution: Winograd's extra memory passes cost more than its 2.25x fewer
-    # multiplies on the CPUs measured (benchmarks/NOTES.md), and cuDNN picks Winograd itself on GPUs.
+    if algorithm == "auto":
+        # Winograd measured faster only on Eigen's matmuls (inside ops.jit on CPU) and with enough
+        # input channels: an RGB first layer's 16 matmuls with K = 3 lose to a direct convolution.
+        # Plain jax.jit (YNNPACK matmuls) and GPUs (cuDNN picks Winograd itself) keep XLA's conv.
+        fast = x.shape[-1] >= WINOGRAD_MIN_CHANNELS and tuned_compile()
+        algorithm = "winograd" if fast else "xla"
     return "winograd" if algorithm == "winograd" and eligible else "xla"
 
 
@@ -133,8 +138,10 @@ def conv2d(x, kernel, bias=None, strides=1, padding: Padding = "valid", dilation
     Returns (N, H', W', F) with H' = floor((H + pad - k_eff) / s) + 1.
 
     algorithm: None (the process-wide :func:`set_conv_algorithm` choice, ``"auto"`` by default),
-    ``"auto"`` (currently ``"xla"``), ``"xla"`` (``lax.conv_general_dilated``) or ``"winograd"``
-    (F(2x2, 3x3), used only for 3x3 stride-1 dilation-1 ungrouped convs; others use ``"xla"``).
+    ``"auto"``, ``"xla"`` (``lax.conv_general_dilated``) or ``"winograd"`` (F(2x2, 3x3), used only
+    for 3x3 stride-1 dilation-1 ungrouped convs; others use ``"xla"``). ``"auto"`` picks Winograd
+    for eligible convs with >= 16 input channels when traced by :func:`minicnn.ops.jit` on CPU
+    (measured faster there, benchmarks/NOTES.md), else XLA's convolution.
     """
     check_input(x, 4, what="conv2d input")
     if kernel.ndim != 4:
@@ -146,7 +153,7 @@ def conv2d(x, kernel, bias=None, strides=1, padding: Padding = "valid", dilation
     pad = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], s, d)
     _check_fits(x, "conv2d", kernel.shape[:2], s, d, pad)
     x = _to_compute_dtype(x)
-    if _pick_conv_algorithm(algorithm, kernel, s, d, feature_group_count) == "winograd":
+    if _pick_conv_algorithm(algorithm, x, kernel, s, d, feature_group_count) == "winograd":
         y = winograd.conv2d_3x3(x, kernel, pad)
     else:
         y = lax.conv_general_dilated(x, kernel.astype(x.dtype), window_strides=s, padding=pad,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 CONV_ALGORITHMS = ("xla", "winograd")
-_state = {"conv_algorithm": "auto", "compute_dtype": None}
+_state = {"conv_algorithm": "auto", "compute_dtype": None, "tuned_compile": False}
 
 # jaxlib 0.10's CPU backend hands convolutions and dots to YNNPACK by default ("ynn" library
 # fusions). An empty fusion list sends them back to XLA's Eigen kernels, measured faster on VGG16:
@@ -25,8 +25,9 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def set_conv_algorithm(name: str) -> None:
-    """``"auto"`` (default: Winograd where it is eligible and measured faster), ``"xla"``
-    (``lax.conv_general_dilated``) or ``"winograd"`` (F(2x2, 3x3) for every eligible conv)."""
+    """``"auto"`` (default: Winograd where it is eligible and measured faster, see
+    :func:`minicnn.ops.conv2d`), ``"xla"`` (``lax.conv_general_dilated``) or ``"winograd"``
+    (F(2x2, 3x3) for every eligible conv)."""
     if name not in ("auto", *CONV_ALGORITHMS):
         raise ValueError(f"conv algorithm must be one of {('auto', *CONV_ALGORITHMS)}, got {name!r}")
     _state["conv_algorithm"] = name
@@ -94,7 +95,24 @@ def compiler_options() -> dict:
     return dict(options) if _accepted(backend, options) else {}
 
 
+def tuned_compile() -> bool:
+    """True while :func:`jit` traces a function that will compile with :func:`compiler_options`."""
+    return _state["tuned_compile"]
+
+
 def jit(fun, **kwargs):
-    """``jax.jit`` with :func:`compiler_options` (explicit ``compiler_options`` entries win)."""
-    kwargs["compiler_options"] = {**compiler_options(), **(kwargs.get("compiler_options") or {})}
-    return jax.jit(fun, **kwargs)
+    """``jax.jit`` with :func:`compiler_options` (explicit ``compiler_options`` entries win).
+
+    While such a function is traced, :func:`tuned_compile` is True, so ``conv2d``'s ``"auto"`` can
+    choose what is fast under these options (Winograd's batched matmuls are fast on Eigen, slow on
+    jaxlib's default YNNPACK path).
+    """
+    options = compiler_options()
+    kwargs["compiler_options"] = {**options, **(kwargs.get("compiler_options") or {})}
+
+    @functools.wraps(fun)
+    def traced(*args, **kw):
+        with _scoped(lambda v: _state.update(tuned_compile=v), tuned_compile, bool(options)):
+            return fun(*args, **kw)
+
+    return jax.jit(traced, **kwargs)

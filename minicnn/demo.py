@@ -80,7 +80,7 @@ def _inside_figures(p, model_name, images, quick, out, figures, seed):
     acts = viz.activations(p.model, p.variables, x, layers=[act_layer])
     _save(viz.plot_activations(acts, act_layer, images_per_row=16), out, "activations.png", figures,
           f"Every channel of {act_layer} for the cat photo")
-    n, steps, size = (8, 15, 64) if quick else (24, 40, 112)
+    n, steps, size = (8, 15, 64) if quick else (16, 40, 96)
     patterns = viz.filter_patterns(p.model, p.variables, filter_layer, filters=list(range(n)), size=size,
                                    steps=steps, key=jax.random.key(seed), preprocess=p.preprocess)
     _save(viz.plot_filter_grid(patterns), out, "filters.png", figures,
@@ -102,8 +102,10 @@ def _augmentation_figure(images, out, figures, seed):
 
 def _comparison(model_name, quick, out, figures, summary, seed):
     from minicnn.transfer import experiment
+    # Sized for a 2-core CPU: the full demo in under 10 minutes, --quick in under 2
+    # (docs/TRANSFER.md has the larger run: 96x96, 20 epochs).
     settings = dict(size=48, n_train=40, epochs=3, scratch_epochs=4) if quick else dict(
-        size=96, n_train=50, epochs=20, scratch_epochs=40)
+        size=64, n_train=50, epochs=8, scratch_epochs=20)
     result = experiment.run(model_name, seed=seed, **settings)
     summary["comparison"] = result["rows"]
     summary["comparison_setup"] = {k: result[k] for k in ("size", "n_train", "n_test", "preprocessing")}

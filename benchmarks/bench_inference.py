@@ -5,8 +5,9 @@ channels_last), in one process, the contenders taking turns so load hits them al
 
 Workloads: the conv base on 150x150 batch 20 (chapter 5's feature extraction) and the full VGG16
 with its top on 224x224 batch 8. Weights are random (speed does not depend on them). minicnn also
-runs as plain ``jax.jit`` would compile it and with Winograd convolutions, so the table shows what
-its defaults (``minicnn.ops.jit`` and ``conv_algorithm="auto"``) buy against the alternatives.
+runs as plain ``jax.jit`` would compile it, with XLA's convolution everywhere and with Winograd for
+every eligible conv, so the table shows what its defaults (``minicnn.ops.jit`` and
+``conv_algorithm="auto"``) buy against the alternatives.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def run(quick: bool = False) -> list[dict]:
         name = workload_name(size, batch, top)
         fns = {"minicnn": minicnn_forward(size, batch, top),
                "minicnn:jax.jit defaults": minicnn_forward(size, batch, top, xla_defaults=True),
+               "minicnn:xla conv": minicnn_forward(size, batch, top, "xla"),
                "minicnn:winograd": minicnn_forward(size, batch, top, "winograd")}
         fns["keras"] = keras_forward(size, batch, top)
         if torch is not None:

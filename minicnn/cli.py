@@ -298,9 +298,9 @@ def main(argv=None) -> int:
     except CLIError as e:
         message = str(e)
     except (ValueError, KeyError, OSError) as e:  # bad images, unknown layers, weights offline, ...
-        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        message = (str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) or type(e).__name__
     message = message.split("\n-----")[0]  # drop JAX's traceback-filtering note
-    print(f"minicnn: error: {' '.join(message.split()) or type(e).__name__}", file=sys.stderr)
+    print(f"minicnn: error: {' '.join(message.split())}", file=sys.stderr)
     return 2
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from minicnn import ops
 
 Initializer = Callable[..., jax.Array]
-Activation = str | Callable | None
+ActivationSpec = str | Callable | None  # a Keras activation name, a callable, or None
 
 glorot_uniform = nn.initializers.glorot_uniform()
 zeros = nn.initializers.zeros
@@ -55,7 +55,7 @@ def from_array(value, where: str) -> Initializer:
     return init
 
 
-def _activate(activation: Activation, y):
+def _activate(activation: ActivationSpec, y):
     fn = ops.get_activation(activation)
     return y if fn is None else fn(y)
 
@@ -67,7 +67,7 @@ class Conv2D(nn.Module):
     strides: int | Sequence[int] = 1
     padding: ops.Padding = "valid"
     dilation_rate: int | Sequence[int] = 1
-    activation: Activation = None
+    activation: ActivationSpec = None
     use_bias: bool = True
     kernel_initializer: Initializer = glorot_uniform
     bias_initializer: Initializer = zeros
@@ -89,7 +89,7 @@ class DepthwiseConv2D(nn.Module):
     padding: ops.Padding = "valid"
     depth_multiplier: int = 1
     dilation_rate: int | Sequence[int] = 1
-    activation: Activation = None
+    activation: ActivationSpec = None
     use_bias: bool = True
     depthwise_initializer: Initializer = glorot_uniform
     bias_initializer: Initializer = zeros
@@ -109,7 +109,7 @@ class DepthwiseConv2D(nn.Module):
 class Dense(nn.Module):
     """Keras ``Dense``. x: (..., in) -> (..., units); kernel (in, units)."""
     units: int
-    activation: Activation = None
+    activation: ActivationSpec = None
     use_bias: bool = True
     kernel_initializer: Initializer = glorot_uniform
     bias_initializer: Initializer = zeros
@@ -176,7 +176,7 @@ class Flatten(nn.Module):
 
 class Activation(nn.Module):
     """Keras ``Activation``: apply a named activation (``"relu"``, ``"softmax"``, ...)."""
-    activation: Activation
+    activation: ActivationSpec
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -11,7 +11,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from minicnn import ops
 from minicnn.augment import ImageAugmenter
@@ -19,7 +18,7 @@ from minicnn.data import from_arrays
 from minicnn.models import VGG16
 from minicnn.train import Trainer
 from minicnn.transfer import trainable_mask
-from minicnn.transfer.recipes import (default_head, feature_extraction, feature_extraction_with_augmentation,
+from minicnn.transfer.recipes import (feature_extraction, feature_extraction_with_augmentation,
                                       fine_tune, pretrained_model, train_from_scratch)
 
 AUG = ImageAugmenter(rotation_range=20, horizontal_flip=True)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from minicnn import ops
 from minicnn.summary import path_str
 from minicnn.viz.capture import forward_to, layer_infos, resolve
 
@@ -75,9 +76,9 @@ def extract_features(model: nn.Module, variables: Mapping, dataset: Iterable, la
 @functools.lru_cache(maxsize=16)  # modules compare by value: the same base compiles once
 def _forward(model: nn.Module, layer: str | None):
     if layer is None:
-        return jax.jit(lambda v, x: model.apply(v, x, train=False))
+        return ops.jit(lambda v, x: model.apply(v, x, train=False))
 
-    @jax.jit
+    @ops.jit
     def forward(v, x):
         where = resolve(layer_infos(model, v, x), layer).path  # at trace time: free afterwards
         return forward_to(model, v, x, where)

@@ -8,7 +8,6 @@ hand-built chain silently breaks freezing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp

@@ -15,7 +15,7 @@ differentiates only the trainable parameters and runs frozen BatchNormalization 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

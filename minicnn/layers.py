@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -183,40 +183,44 @@ class Activation(nn.Module):
         return _activate(self.activation, x)
 
 
-class MaxPooling2D(nn.Module):
+class _Pooling2D(nn.Module):
+    """Windowed pooling (``pool_size``, ``strides`` defaulting to ``pool_size``, ``padding``)."""
     pool_size: int | Sequence[int] = 2
     strides: int | Sequence[int] | None = None
     padding: ops.Padding = "valid"
+    pool: ClassVar[Callable]
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        return ops.max_pool2d(x, self.pool_size, self.strides, self.padding)
+        return type(self).pool(x, self.pool_size, self.strides, self.padding)
 
 
-class AveragePooling2D(nn.Module):
-    pool_size: int | Sequence[int] = 2
-    strides: int | Sequence[int] | None = None
-    padding: ops.Padding = "valid"
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        return ops.avg_pool2d(x, self.pool_size, self.strides, self.padding)
+class MaxPooling2D(_Pooling2D):
+    """Keras ``MaxPooling2D``: (N, H, W, C) -> (N, floor((H - k) / s) + 1, ..., C) with "valid"."""
+    pool = staticmethod(ops.max_pool2d)
 
 
-class GlobalAveragePooling2D(nn.Module):
+class AveragePooling2D(_Pooling2D):
+    """Keras ``AveragePooling2D``; with "same" the padded pixels are not counted."""
+    pool = staticmethod(ops.avg_pool2d)
+
+
+class _GlobalPooling2D(nn.Module):
+    """(N, H, W, C) -> (N, C), or (N, 1, 1, C) with ``keepdims``."""
     keepdims: bool = False
+    pool: ClassVar[Callable]
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        return ops.global_avg_pool2d(x, self.keepdims)
+        return type(self).pool(x, self.keepdims)
 
 
-class GlobalMaxPooling2D(nn.Module):
-    keepdims: bool = False
+class GlobalAveragePooling2D(_GlobalPooling2D):
+    pool = staticmethod(ops.global_avg_pool2d)
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        return ops.global_max_pool2d(x, self.keepdims)
+
+class GlobalMaxPooling2D(_GlobalPooling2D):
+    pool = staticmethod(ops.global_max_pool2d)
 
 
 class _Opaque:

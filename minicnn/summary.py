@@ -90,11 +90,12 @@ def summary(model: nn.Module, input_shape=None, trainable: Trainable = None, var
         variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
     rows, _ = _layer_rows(model, variables, x, train=False)
 
-    widths = (int(line_length * 0.45), int(line_length * 0.33))
     table = [(name, f"{name} ({kind})", _shape_str(shape) if shape is not None else "?",
               sum(_size(variables[c].get(name, {})) for c in variables)) for name, kind, shape in rows]
     if not isinstance(model, _sequential_type()):
         table.insert(0, ("input_layer", "input_layer (InputLayer)", _shape_str((1, *input_shape)), 0))
+    widths = (max(int(line_length * 0.45), max(len(row[1]) for row in table) + 2), int(line_length * 0.33))
+    line_length = max(line_length, sum(widths) + 14)
     total, n_train, n_frozen = count_params(variables, trainable)
     name = model.name or _default_name(model)
     lines = [f'Model: "{name}"', "_" * line_length,

@@ -106,7 +106,7 @@ def _comparison(model_name, quick, out, figures, summary, seed):
     # (docs/TRANSFER.md has the larger run: 96x96, 20 epochs).
     settings = dict(size=48, n_train=40, epochs=3, scratch_epochs=4) if quick else dict(
         size=64, n_train=50, epochs=8, scratch_epochs=20)
-    result = experiment.run(model_name, seed=seed, **settings)
+    result = experiment.run(model_name, seed=seed, verbose=2, **settings)  # a line per epoch
     summary["comparison"] = result["rows"]
     summary["comparison_setup"] = {k: result[k] for k in ("size", "n_train", "n_test", "preprocessing")}
     for key, history in result["histories"].items():

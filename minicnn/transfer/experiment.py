@@ -75,6 +75,8 @@ def run(model: str = "efficientnet_lite0", size: int = 96, n_train: int = 50, se
     rows, histories, trained, frozen_bn = [], {}, {}, {}
 
     def record(key, name, fn, **details):
+        if verbose:
+            print(f"\n{name}", flush=True)
         t, cpu = time.perf_counter(), time.process_time()
         history, accuracy = fn()
         rows.append({"recipe": name, "test_accuracy": float(accuracy), "seed": seed,

@@ -15,8 +15,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from minicnn import ops
-from minicnn.layers import (BatchNormalization, Conv2D, Dense, DepthwiseConv2D, Dropout,
-                            GlobalAveragePooling2D, GlobalMaxPooling2D, from_array)
+from minicnn.layers import (
+    BatchNormalization,
+    Conv2D,
+    Dense,
+    DepthwiseConv2D,
+    Dropout,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
+    from_array,
+)
+from minicnn.models.common import check_arguments, check_images
 from minicnn.models.vgg import layer_initializers
 
 # Stages of efficientnet_lite_builder.py: (expand_ratio, kernel_size, strides, filters_in,
@@ -26,7 +35,6 @@ LITE0_STAGES = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2)
                 (6, 3, 1, 192, 320, 1))
 STEM_FILTERS, TOP_FILTERS = 32, 1280
 BN_EPSILON = 1e-3  # the TF value, carried by the PyTorch port (BatchNorm2d(eps=1e-3))
-MIN_SIZE = 32
 
 
 def _conv_kwargs(pretrained, name, depthwise=False):
@@ -89,29 +97,20 @@ class EfficientNetLite0(nn.Module):
     arch = "efficientnet_lite0"
 
     def __post_init__(self):
-        if self.input_shape is not None:
-            object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
-        if self.pooling not in (None, "avg", "max"):
-            raise ValueError(f'pooling must be None, "avg" or "max", got {self.pooling!r}')
-        if self.weights == "imagenet" and self.include_top and self.classes != 1000:
-            raise ValueError(f'weights="imagenet" with include_top=True needs classes=1000, got {self.classes}')
+        check_arguments(self)
         super().__post_init__()
 
     def _check(self, x):
-        ops.check_input(x, 4, 3, what=f"{self.arch} input")
-        if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"{self.arch} input: expected shape (N, {', '.join(map(str, self.input_shape))}), "
-                             f"got {tuple(x.shape)}")
-        if min(x.shape[1:3]) < MIN_SIZE:
-            raise ValueError(f"{self.arch} input: height and width must be at least {MIN_SIZE}, "
-                             f"got shape {tuple(x.shape)}")
+        check_images(self, x)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         self._check(x)
         pretrained = None
         if self.weights is not None and self.is_initializing():
-            from minicnn.weights import pretrained_variables  # weights imports models: import late
+            from minicnn.weights import (
+                pretrained_variables,  # weights imports models: import late
+            )
             pretrained = pretrained_variables(self.arch, self.weights, self.include_top)
         x = Conv2D(STEM_FILTERS, 3, 2, padding="same", **_conv_kwargs(pretrained, "stem_conv"))(x)
         x = ops.relu6(_bn(pretrained, "stem_bn")(x, train=train))

@@ -7,15 +7,21 @@ from typing import ClassVar
 
 import flax.linen as nn
 
-from minicnn import ops
-from minicnn.layers import (Conv2D, Dense, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D,
-                            MaxPooling2D, from_array)
+from minicnn.layers import (
+    Conv2D,
+    Dense,
+    Flatten,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
+    MaxPooling2D,
+    from_array,
+)
+from minicnn.models.common import check_arguments, check_images
 
 # Convolutions per block; every block's convs have the same width, then a 2x2 max pool.
 VGG16_BLOCKS = (2, 2, 3, 3, 3)
 VGG19_BLOCKS = (2, 2, 4, 4, 4)
 WIDTHS = (64, 128, 256, 512, 512)
-MIN_SIZE = 32
 
 
 def layer_initializers(pretrained: Mapping | None, name: str, leaves=("kernel", "bias"),
@@ -46,35 +52,24 @@ class VGG(nn.Module):
     classifier_activation: str | Callable | None = "softmax"
 
     def __post_init__(self):
-        if self.input_shape is not None:
-            object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
-        if self.pooling not in (None, "avg", "max"):
-            raise ValueError(f'pooling must be None, "avg" or "max", got {self.pooling!r}')
-        if self.weights == "imagenet" and self.include_top and self.classes != 1000:
-            raise ValueError(f'weights="imagenet" with include_top=True needs classes=1000, got {self.classes}')
+        check_arguments(self)
         if self.weights == "imagenet" and self.include_top and self.input_shape not in (None, (224, 224, 3)):
             raise ValueError(f'weights="imagenet" with include_top=True needs input_shape (224, 224, 3), '
                              f"got {self.input_shape}")
         super().__post_init__()
 
     def _check(self, x):
-        channels = 3 if self.weights is not None or self.input_shape is None else self.input_shape[-1]
-        ops.check_input(x, 4, channels, what=f"{self.arch} input")
-        h, w = x.shape[1:3]
-        if self.input_shape is not None and tuple(x.shape[1:]) != tuple(self.input_shape):
-            raise ValueError(f"{self.arch} input: expected shape (N, {', '.join(map(str, self.input_shape))}), "
-                             f"got {tuple(x.shape)}")
-        if h < MIN_SIZE or w < MIN_SIZE:
-            raise ValueError(f"{self.arch} input: height and width must be at least {MIN_SIZE}, "
-                             f"got shape {tuple(x.shape)}")
-        if self.include_top and self.weights == "imagenet" and (h, w) != (224, 224):
+        check_images(self, x, 3 if self.weights is not None or self.input_shape is None else self.input_shape[-1])
+        if self.include_top and self.weights == "imagenet" and tuple(x.shape[1:3]) != (224, 224):
             raise ValueError(f'{self.arch} with include_top=True and weights="imagenet" needs 224x224 input, '
                              f"got shape {tuple(x.shape)}; use include_top=False for other sizes")
 
     def _pretrained(self):
         if self.weights is None:
             return None
-        from minicnn.weights import pretrained_variables  # weights imports models: import late
+        from minicnn.weights import (
+            pretrained_variables,  # weights imports models: import late
+        )
         return pretrained_variables(self.arch, self.weights, self.include_top)
 
     @nn.compact

@@ -140,3 +140,24 @@ def test_bad_input_names_expected_and_actual():
         ops.max_pool2d(jnp.zeros((1, 1, 5, 3)))
     with pytest.raises(TypeError, match="floating-point"):
         ops.conv2d(jnp.zeros((1, 8, 8, 3), jnp.uint8), k)
+
+
+@pytest.mark.parametrize("size,k,s", [(7, 2, 1), (7, 4, 2), (9, 3, 2), (10, 4, 3), (11, 2, 3), (8, 5, 3)])
+def test_same_padding_matches_keras_on_odd_splits(size, k, s):
+    """Keras' own "same" (not minicnn's arithmetic) is the oracle: the odd padded pixel goes after."""
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(size * 100 + k * 10 + s)
+    x = rng.standard_normal((1, size, size + 1, 2)).astype(np.float32)
+    kernel = rng.standard_normal((k, k, 2, 3)).astype(np.float32)
+    conv = keras.layers.Conv2D(3, k, strides=s, padding="same", use_bias=False)
+    conv.build(x.shape)
+    conv.set_weights([kernel])
+    layers = [(np.asarray(conv(x)), lambda f: f.conv2d(x, kernel, strides=s, padding="same"))]
+    for keras_pool, name in ((keras.layers.MaxPooling2D, "max_pool2d"), (keras.layers.AveragePooling2D, "avg_pool2d")):
+        want = np.asarray(keras_pool(k, strides=s, padding="same")(x))
+        layers.append((want, lambda f, name=name: getattr(f, name)(x, k, s, "same")))
+    for want, run in layers:
+        for impl in (ops, ref):
+            got = np.asarray(run(impl))
+            assert got.shape == want.shape
+            assert rel_err(got, want) < 1e-5, impl.__name__

@@ -7,9 +7,41 @@ the input patch under it. These are the ground truth that the jitted ops in
 
 from __future__ import annotations
 
+from typing import Union
+
 import numpy as np
 
-from minicnn.ops import Padding, _explicit_padding, pair
+# Padding arithmetic is written out here, not imported from minicnn.ops: a reference that shared the
+# code under test could not catch its mistakes (e.g. the odd "same" pixel on the wrong side).
+Padding = Union[str, int, tuple[tuple[int, int], tuple[int, int]]]
+
+
+def pair(v) -> tuple[int, int]:
+    """``3 -> (3, 3)``; ``(2, 1) -> (2, 1)``."""
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def same_pads(size: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
+    """TensorFlow's "same" for one axis: output ``ceil(size / s)``, the odd pixel padded after.
+
+    TensorFlow (``tf.nn.conv2d`` docs): ``pad_total = max(k_eff - s, 0)`` when ``size % s == 0``,
+    else ``max(k_eff - size % s, 0)``; ``pad_before = pad_total // 2``.
+    """
+    k_eff = (k - 1) * d + 1
+    total = max(k_eff - s, 0) if size % s == 0 else max(k_eff - size % s, 0)
+    before = total // 2
+    return before, total - before
+
+
+def explicit_pads(padding, hw, k, s, d) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((top, bottom), (left, right))`` for "valid", "same", an int or explicit pairs."""
+    if padding == "valid":
+        return ((0, 0), (0, 0))
+    if padding == "same":
+        return tuple(same_pads(hw[i], k[i], s[i], d[i]) for i in range(2))
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    return tuple(tuple(int(p) for p in side) for side in padding)
 
 
 def _padded(x, pad, value=0.0):
@@ -22,7 +54,7 @@ def conv2d(x, kernel, bias=None, strides=1, padding: Padding = "valid", dilation
     x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
     kh, kw, _, f = kernel.shape
     (sh, sw), (dh, dw) = pair(strides), pair(dilation)
-    pad = _explicit_padding(padding, x.shape[1:3], (kh, kw), (sh, sw), (dh, dw))
+    pad = explicit_pads(padding, x.shape[1:3], (kh, kw), (sh, sw), (dh, dw))
     xp = _padded(x, pad)
     oh = (xp.shape[1] - (kh - 1) * dh - 1) // sh + 1
     ow = (xp.shape[2] - (kw - 1) * dw - 1) // sw + 1
@@ -49,7 +81,7 @@ def _pool(x, reduce, pool_size, strides, padding, fill):
     x = np.asarray(x, np.float64)
     kh, kw = pair(pool_size)
     sh, sw = (kh, kw) if strides is None else pair(strides)
-    pad = _explicit_padding(padding, x.shape[1:3], (kh, kw), (sh, sw), (1, 1))
+    pad = explicit_pads(padding, x.shape[1:3], (kh, kw), (sh, sw), (1, 1))
     xp = _padded(x, pad, fill)
     oh, ow = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
     out = np.zeros((x.shape[0], oh, ow, x.shape[3]))

@@ -65,3 +65,47 @@ def test_per_step_losses_match_keras(batches, name, keras_opt, lr):
         diff = trainer.variables["params"][layer]["kernel"] - final[layer]["kernel"]
         assert np.linalg.norm(moved) > 1e-3, layer
         assert np.linalg.norm(diff) < 0.02 * np.linalg.norm(moved), layer
+
+
+# Out-of-range labels: Keras with TensorFlow raises; inside a jitted step they would give NaN (7 of 3
+# classes) or train as another class (-1, negative indexing), so the trainer checks before the step.
+
+def dense_trainer(classes, loss):
+    from minicnn.layers import Dense, Flatten, Sequential
+    activation = "sigmoid" if classes == 1 else "softmax"
+    return Trainer(Sequential([Flatten(), Dense(classes, activation=activation)]), loss, "sgd")
+
+
+def label_batches(labels, as_jax=False):
+    import jax.numpy as jnp
+    x = np.random.default_rng(0).random((len(labels[0]), 2, 2, 1), np.float32)
+    return [(x, jnp.asarray(y) if as_jax else np.asarray(y)) for y in labels]
+
+
+@pytest.mark.parametrize("as_jax", [False, True])
+@pytest.mark.parametrize("bad", [7, -1, 3])
+def test_sparse_labels_out_of_range_raise_naming_batch_and_value(bad, as_jax):
+    trainer = dense_trainer(3, "sparse_categorical_crossentropy")
+    data = label_batches([[0, 1, 2, 1], [2, bad, 0, 1]], as_jax)
+    with pytest.raises(ValueError, match=rf"batch 1 has label {bad} at position 1 .*\[0, 3\)"):
+        trainer.fit(data, epochs=1, verbose=0)
+    before = trainer.variables
+    with pytest.raises(ValueError, match=rf"batch 1 has label {bad}"):
+        trainer.evaluate(data)
+    with pytest.raises(ValueError, match=rf"batch 0 has label {bad}"):
+        trainer.train_on_batch(*data[1])
+    after = trainer.variables  # the refused batch changed nothing
+    np.testing.assert_array_equal(after["params"]["dense"]["kernel"], before["params"]["dense"]["kernel"])
+
+
+@pytest.mark.parametrize("bad", [2.0, -0.5, float("nan")])
+def test_binary_labels_outside_0_1_raise(bad):
+    trainer = dense_trainer(1, "binary_crossentropy")
+    with pytest.raises(ValueError, match=rf"binary_crossentropy: batch 0 has label {bad}.*\[0, 1\]"):
+        trainer.fit(label_batches([[0.0, 1.0, bad, 0.5]]), epochs=1, verbose=0)
+
+
+def test_labels_in_range_train():
+    trainer = dense_trainer(3, "sparse_categorical_crossentropy")
+    history = trainer.fit(label_batches([[0, 1, 2, 2]], as_jax=True), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])

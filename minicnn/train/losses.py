@@ -16,11 +16,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 EPSILON = 1e-7  # keras.backend.epsilon()
 
 __all__ = ["binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy",
-           "get", "match_rank", "EPSILON"]
+           "get", "match_rank", "check_labels", "EPSILON"]
 
 
 def match_rank(y_true, y_pred):
@@ -74,6 +75,36 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits: bool = False):
                          f"y_pred shape {y_pred.shape} without its class axis")
     log_p = _log_probs(y_pred, from_logits)
     return -jnp.take_along_axis(log_p, y_true[..., None], axis=-1)[..., 0]
+
+
+def check_labels(loss: Callable, y_true, classes: Callable[[], int], batch: int) -> None:
+    """Raise ValueError when a batch's labels are outside what ``loss`` accepts.
+
+    Inside a jitted step they cannot raise: a sparse label of 7 with 3 classes gives NaN and -1
+    trains as the last class (negative indexing). Keras with TensorFlow raises, so minicnn does too.
+    ``sparse_categorical_crossentropy``: ids in ``[0, classes())`` (``classes`` is called only for
+    this loss); ``binary_crossentropy``: values in ``[0, 1]``; other losses and callables are the
+    caller's business. NumPy labels are checked on the host; JAX arrays by their min and max (two
+    scalars back from the device), pulled to the host only to name the offending value.
+    y_true: (N,) or (N, ...) labels; batch: index of the batch in the epoch, for the message.
+    """
+    name = getattr(loss, "__name__", None)
+    if name not in ("sparse_categorical_crossentropy", "binary_crossentropy") or np.size(y_true) == 0:
+        return
+    sparse = name == "sparse_categorical_crossentropy"
+    upper = classes() if sparse else 1
+
+    def inside(v):  # NaN is never inside
+        return (v >= 0) & ((v < upper) if sparse else (v <= upper))
+
+    if isinstance(y_true, jax.Array) and all(inside(v) for v in jax.device_get((jnp.min(y_true), jnp.max(y_true)))):
+        return
+    y = np.asarray(y_true).reshape(-1)
+    bad = np.flatnonzero(~inside(y))
+    if bad.size:
+        want = f"class ids in [0, {upper})" if sparse else "values in [0, 1]"
+        raise ValueError(f"{name}: batch {batch} has label {y[bad[0]].item()!r} at position {bad[0]} "
+                         f"({bad.size} of {y.size} out of range); expected {want}")
 
 
 _BY_NAME = {f.__name__: f for f in (binary_crossentropy, categorical_crossentropy,

@@ -145,6 +145,7 @@ class Trainer:
         self.history = History()
         self.stop_training = False
         self._predict_step = ops.jit(lambda variables, x: model.apply(variables, x, train=False))
+        self._output_widths: dict = {}  # input shape (H, W, C) -> width of the model's last axis
 
     # ----------------------------------------------------------------- state
     @property
@@ -277,12 +278,28 @@ class Trainer:
         """One optimizer step on one batch; returns that batch's ``loss`` and metrics (floats)."""
         if not self.built:
             self.build(x, seed)
+        self._check_labels(x, y, 0)
         self.state, logs = self._train_step(self.state, *self._on_devices(x, y, pad=False))
         return {k: float(v) for k, v in logs.items()}
 
     def _placed(self, tree):
         """``tree`` replicated over ``mesh`` (data parallelism), or as it is."""
         return tree if self.mesh is None else parallel.replicate(tree, self.mesh)
+
+    def _check_labels(self, x, y, batch: int) -> None:
+        """Out-of-range labels raise here, naming the batch: in the jitted step they give NaN or
+        train as another class. The class count comes from the model's output shape (traced once
+        per input shape, never run)."""
+        def classes() -> int:
+            shape = tuple(np.shape(x)[1:])
+            if shape not in self._output_widths:
+                variables = {"params": self.state["params"], "batch_stats": self.state["batch_stats"]}
+                out = jax.eval_shape(lambda v, xs: self.model.apply(v, xs, train=False), variables,
+                                     jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+                self._output_widths[shape] = out.shape[-1]
+            return self._output_widths[shape]
+
+        losses_lib.check_labels(self.loss_fn, y, classes, batch)
 
     def _on_devices(self, *arrays, pad: bool):
         """Device arrays for a batch: whole on the default device, or split over ``mesh``
@@ -342,6 +359,7 @@ class Trainer:
                 if not self.built:
                     self.build(xb, seed)
                 cb.on_batch_begin(batch)
+                self._check_labels(xb, yb, batch)
                 self.state, logs = self._train_step(self.state, *self._on_devices(xb, yb, pad=False))
                 n = len(xb)
                 sums = {k: sums.get(k, 0.0) + v * n for k, v in logs.items()}
@@ -379,6 +397,7 @@ class Trainer:
                 break
             if not self.built:
                 self.build(xb)
+            self._check_labels(xb, yb, i)
             n = len(xb)
             size = size or n
             weight = _pad(np.ones(n, np.float32), size)

@@ -83,7 +83,8 @@ def test_classes_labels_shapes_and_len(folder):
     assert x.dtype == np.float32 and y.dtype == np.float32 and 0 <= x.min() and x.max() <= 255 and x.max() > 1
     np.testing.assert_array_equal(y, [0] * 5 + [1] * 4)
     np.testing.assert_array_equal(ds.classes, y)
-    assert len(list(ds)) == 3  # re-iterable: each iter() is one full epoch
+    assert len(list(ds)) == 3  # re-iterable: each iter() is one full epoch (epoch 0)
+    np.testing.assert_array_equal(collect(ds)[0], collect(ds.epoch(0))[0])
 
 
 @pytest.mark.parametrize(
@@ -150,7 +151,7 @@ def test_batches_match_keras_flow_from_directory(tmp_path, color_mode, channels,
 def test_order_is_deterministic_under_a_seed_and_reshuffled_per_epoch(folder):
     def epochs(seed, n=3, **kw):
         ds = image_dataset_from_directory(folder, SIZE, batch_size=4, seed=seed, **kw)
-        return [collect(ds) for _ in range(n)]
+        return [collect(ds.epoch(e)) for e in range(n)]
 
     a, b, c = epochs(3), epochs(3), epochs(4, n=1)
     for (xa, ya), (xb, yb) in zip(a, b):
@@ -168,10 +169,10 @@ def test_order_is_deterministic_under_a_seed_and_reshuffled_per_epoch(folder):
 
 def test_cache_decodes_each_file_once(folder):
     ds = image_dataset_from_directory(folder, SIZE, batch_size=4, seed=1, cache=True)
-    first = collect(ds)
+    first = collect(ds.epoch(0))
     for path in ds.filepaths:
         os.remove(path)  # later epochs must not need the files
-    second = collect(ds)
+    second = collect(ds.epoch(1))
     key = lambda a: sorted(map(bytes, a.reshape(len(a), -1)))
     assert key(first[0]) == key(second[0]) and not np.array_equal(first[0], second[0])  # reshuffled
 
@@ -276,7 +277,7 @@ def test_from_arrays_protocol():
     y = np.arange(10)
     ds = from_arrays(x, y, batch_size=4, seed=0)
     assert len(ds) == 3
-    epochs = [list(ds) for _ in range(2)]
+    epochs = [list(ds.epoch(e)) for e in range(2)]
     for batches in epochs:
         assert [len(b[0]) for b in batches] == [4, 4, 2]
         xs, ys = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
@@ -305,7 +306,7 @@ def test_map_and_augment_run_on_device_reproducibly(folder):
         train, val = image_dataset_from_directory(
             folder, SIZE, batch_size=4, seed=5, validation_split=0.34, subset="both", augment=aug, **kw
         )
-        return train, val, [np.asarray(b[0]) for b in train], [np.asarray(b[0]) for b in train]
+        return train, val, [np.asarray(b[0]) for b in train.epoch(0)], [np.asarray(b[0]) for b in train.epoch(1)]
 
     _, val, first, second = run()
     _, _, first_again, _ = run()

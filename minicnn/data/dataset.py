@@ -1,14 +1,26 @@
 """The batch protocol shared by every minicnn dataset, and ``from_arrays`` for data already in memory.
 
-A dataset is re-iterable: each ``iter(ds)`` is one epoch that ends by itself, reshuffled deterministically from
-``seed`` and the epoch number; ``len(ds)`` is the number of batches. Batches are ``(x, y)`` tuples of NumPy arrays,
-``x: (B, H, W, C) float32`` (no rescaling unless asked), or ``x`` alone when there are no labels. The last batch
-of an epoch is smaller when the sample count is not a multiple of ``batch_size`` (as in Keras) unless
-``drop_remainder=True``. ``ds.map(fn)`` moves ``x`` to the device and applies ``fn`` batch by batch.
+The consumer owns the epoch. ``ds.epoch(n)`` returns an iterator over the batches of epoch ``n``, a pure
+function of ``(ds.seed, n)``: the same sample order and the same augmentation keys every time it is called, in
+any order, by any number of consumers (a peek changes nothing). ``minicnn.train.Trainer.fit`` asks for
+``epoch(initial_epoch)``, ``epoch(initial_epoch + 1)``, ..., so a run resumed from a checkpoint sees exactly the
+batches of the uninterrupted run when the seed is the same (``seed=None`` draws one, kept in ``ds.seed``: pass
+it again to rebuild the dataset for a resume).
 
-Internally a dataset produces batches in their stored dtype (uint8 for 8-bit images) and casts to float32 last.
-An ``ImageAugmenter`` given to ``map`` (or ``augment=``) gets the stored dtype: it casts after resampling, so a
-quarter of the bytes move to the device and through its gathers.
+**``iter(ds)`` is always epoch 0.** It is there for convenience (``next(iter(ds))``, ``for x, y in ds``); it does
+not reshuffle. This differs from Keras, whose ``tf.data`` datasets reshuffle on every iteration; a loop of your
+own over several epochs must call ``ds.epoch(n)``.
+
+``len(ds)`` is the number of batches per epoch. Batches are ``(x, y)`` tuples, ``x: (B, H, W, C) float32`` (no
+rescaling unless asked) as NumPy arrays, or ``x`` alone when there are no labels. The last batch of an epoch is
+smaller when the sample count is not a multiple of ``batch_size`` (as in Keras) unless ``drop_remainder=True``.
+
+``ds.map(fn)`` moves ``x`` to the device and applies ``fn`` batch by batch; maps chain, and a JAX array stays on
+its device through every later map (casts are done there). ``ds.map(augmenter)`` with an ``ImageAugmenter`` is
+the one way to attach augmentation (``augment=`` of ``from_arrays`` and ``image_dataset_from_directory`` is
+spelled out as that call). Internally a dataset produces batches in their stored dtype (uint8 for 8-bit images)
+and casts to float32 last; an ``ImageAugmenter`` gets the stored dtype and casts after resampling, so a quarter
+of the bytes move to the device and through its gathers.
 """
 
 from __future__ import annotations
@@ -24,7 +36,8 @@ from minicnn.augment import ImageAugmenter
 __all__ = ["ArrayDataset", "Dataset", "MappedDataset", "from_arrays"]
 
 
-def _new_seed() -> int:
+def new_seed() -> int:
+    """A fresh random seed (uint32) for a dataset built with ``seed=None``; it is kept in ``ds.seed``."""
     return int(np.random.SeedSequence().generate_state(1)[0])
 
 
@@ -45,16 +58,18 @@ class Dataset:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)
-        self.seed = _new_seed() if seed is None else int(seed)
+        self.seed = new_seed() if seed is None else int(seed)
         self.drop_remainder = bool(drop_remainder)
-        self._epoch = 0
+
+    def epoch(self, n: int) -> Iterator:
+        """The batches of epoch ``n`` (>= 0): the same batches every call, whatever was iterated before."""
+        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+            raise ValueError(f"epoch must be an int >= 0, got {n!r}")
+        return self._stored_batches(n, cast=True)
 
     def __iter__(self) -> Iterator:
-        return self._stored_batches(self._next_epoch(), cast=True)
-
-    def _next_epoch(self) -> int:
-        epoch, self._epoch = self._epoch, self._epoch + 1
-        return epoch
+        """Epoch 0, every time (no hidden epoch counter; see the module docstring)."""
+        return self.epoch(0)
 
     def _stored_batches(self, epoch: int, cast: bool) -> Iterator:
         """One epoch of batches; ``x`` in its stored dtype, or float32 when ``cast``."""
@@ -76,13 +91,17 @@ class Dataset:
         """A dataset yielding ``fn(x)`` instead of ``x`` (labels untouched), ``x`` moved to the default device.
 
         With ``seed``, ``fn`` is called as ``fn(key, x)`` with a PRNG key folded from (seed, epoch, batch index),
-        the signature of ``ImageAugmenter``, so augmented runs are reproducible. ``x`` reaches ``fn`` as
-        ``dtype``: None keeps the stored dtype (uint8 for 8-bit images); "auto" is None for an ``ImageAugmenter``
-        and float32 otherwise. ``fn`` should be jitted (an ``ImageAugmenter`` is); its output may stay a JAX array
-        on device.
+        the signature of ``ImageAugmenter``, so augmented runs are reproducible; an ``ImageAugmenter`` without
+        ``seed`` is keyed from ``self.seed``. ``x`` reaches ``fn`` as ``dtype``: None keeps the stored dtype
+        (uint8 for 8-bit images); "auto" is None for an ``ImageAugmenter`` and float32 otherwise. ``fn`` should
+        be jitted (an ``ImageAugmenter`` is); its output may stay a JAX array on device, and a later ``map``
+        keeps it there.
         """
+        augmenter = isinstance(fn, ImageAugmenter)
         if isinstance(dtype, str) and dtype == "auto":
-            dtype = None if isinstance(fn, ImageAugmenter) else np.float32
+            dtype = None if augmenter else np.float32
+        if seed is None and augmenter:
+            seed = self.seed
         return MappedDataset(self, fn, seed, dtype)
 
 
@@ -123,10 +142,10 @@ def from_arrays(
 
     x: (N, ...) any numeric dtype, yielded as float32 batches (B, ...); y: (N, ...) or None, yielded as given.
     ``seed`` fixes every epoch's shuffle (and the augmentation keys); None draws one, kept in ``ds.seed``.
-    ``augment``: an ``ImageAugmenter`` applied to each batch on device (``ds.map(augment, seed)``).
+    ``augment``: an ``ImageAugmenter`` applied to each batch on device, exactly ``ds.map(augment)``.
     """
     ds = ArrayDataset(x, y, batch_size, shuffle, seed, drop_remainder)
-    return ds if augment is None else ds.map(augment, seed=ds.seed)
+    return ds if augment is None else ds.map(augment)
 
 
 class MappedDataset(Dataset):
@@ -150,12 +169,21 @@ class MappedDataset(Dataset):
 
     def _epoch_batches(self, epoch):
         root = None if self.key_seed is None else jax.random.key(self.key_seed)
-        batches = self.parent._stored_batches(self.parent._next_epoch(), cast=False)
-        for b, batch in enumerate(batches):
+        for b, batch in enumerate(self.parent._stored_batches(epoch, cast=False)):
             x, rest = (batch[0], batch[1:]) if isinstance(batch, tuple) else (batch, None)
-            x = jax.device_put(x if self.dtype is None else np.asarray(x, self.dtype))
+            x = _on_device(x, self.dtype)
             x = self.fn(x) if root is None else self.fn(_batch_key(root, epoch, b), x)
             yield x if rest is None else (x, *rest)
+
+
+def _on_device(x, dtype):
+    """``x`` as a JAX array of ``dtype`` (None: as stored). A host array moves in its stored dtype and is cast on
+    the device (uint8 moves a quarter of the bytes); a JAX array is never copied back to the host."""
+    if not isinstance(x, jax.Array):
+        x = np.asarray(x)
+        # A 64-bit host array is cast here: JAX without x64 would first narrow it to 32 bits (ints wrap).
+        x = jax.device_put(x if dtype is None or x.dtype.itemsize < 8 else x.astype(dtype))
+    return x if dtype is None or x.dtype == dtype else x.astype(dtype)
 
 
 @jax.jit

@@ -3,12 +3,24 @@ what Keras would get silently wrong (undecodable files, decompression bombs, 16-
 
 from __future__ import annotations
 
+import contextlib
+import numbers
 import os
+import stat
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["COLOR_MODES", "IMAGE_EXTENSIONS", "INTERPOLATIONS", "BadImageError", "check_image", "decode_image", "load_image"]
+__all__ = [
+    "COLOR_MODES",
+    "IMAGE_EXTENSIONS",
+    "INTERPOLATIONS",
+    "BadImageError",
+    "check_image",
+    "check_target_size",
+    "decode_image",
+    "load_image",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Keras' PIL_INTERPOLATION_METHODS: the same Pillow filters, so resized pixels are identical to Keras'.
@@ -26,30 +38,66 @@ _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 class BadImageError(ValueError):
-    """A file with an image extension that Pillow cannot decode (corrupt, truncated, not an image)."""
+    """A file with an image extension that Pillow cannot decode (corrupt, truncated, not an image, unreadable, or
+    not a regular file)."""
 
     def __init__(self, path, reason):
         super().__init__(f"{os.fspath(path)}: cannot decode image ({reason})")
         self.path = os.fspath(path)
 
 
+def check_target_size(target_size, who: str = "target_size") -> None:
+    """Raise ValueError unless ``target_size`` is None or ``(height, width)`` of positive ints."""
+    if target_size is None:
+        return
+    if not (
+        np.shape(target_size) == (2,)
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in target_size)
+    ):
+        raise ValueError(f"{who} must be (height, width), two positive ints, got {target_size!r}")
+
+
+_FILE_KINDS = {stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}
+
+
+def _regular_file_error(path, mode: int) -> BadImageError | None:
+    if stat.S_ISREG(mode):
+        return None
+    return BadImageError(path, f"not a regular file but {_FILE_KINDS.get(stat.S_IFMT(mode), 'a special file')}")
+
+
+@contextlib.contextmanager
 def _open(path, max_pixels: int | None):
-    """Open ``path`` (header only) and refuse it when it has more than ``max_pixels`` pixels."""
+    """Open ``path`` (header only) and refuse it when it is not a regular file or has more than ``max_pixels``
+    pixels. A named pipe or device is never read: reading one can block forever (the path is stat-ed first, and
+    opened non-blocking and fstat-ed again in case it was swapped in between)."""
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
-        img = Image.open(path)
-    except Image.DecompressionBombError as e:
-        raise Image.DecompressionBombError(f"{os.fspath(path)}: refused as a decompression bomb ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BadImageError(path, f"{type(e).__name__}: {e}") from None
-    width, height = img.size
-    if limit is not None and width * height > limit:
-        img.close()
-        raise Image.DecompressionBombError(
-            f"{os.fspath(path)}: {width}x{height} = {width * height} pixels exceeds the limit of {limit} "
-            "(decompression-bomb guard; pass a larger max_pixels to allow it)"
-        )
-    return img
+        error = _regular_file_error(path, os.stat(path).st_mode)
+        if error is not None:
+            raise error
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise BadImageError(path, f"{type(e).__name__}: {e.strerror or e}") from None
+    with os.fdopen(fd, "rb") as file:
+        error = _regular_file_error(path, os.fstat(fd).st_mode)
+        if error is not None:
+            raise error
+        try:
+            img = Image.open(file)
+        except Image.DecompressionBombError as e:
+            raise Image.DecompressionBombError(f"{os.fspath(path)}: refused as a decompression bomb ({e})") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise BadImageError(path, f"{type(e).__name__}: {e}") from None
+        with img:
+            width, height = img.size
+            if limit is not None and width * height > limit:
+                raise Image.DecompressionBombError(
+                    f"{os.fspath(path)}: {width}x{height} = {width * height} pixels exceeds the limit of {limit} "
+                    "(decompression-bomb guard; pass a larger max_pixels to allow it)"
+                )
+            yield img
 
 
 def check_image(path, max_pixels: int | None = None) -> tuple[int, int]:
@@ -79,6 +127,7 @@ def load_image(
 def decode_image(path, target_size=(150, 150), color_mode="rgb", interpolation="bilinear", max_pixels=None):
     """``load_image`` without the final cast: uint8 for 8-bit images (a quarter of the bytes to move), float32
     for 16-bit ones."""
+    check_target_size(target_size)
     if color_mode not in COLOR_MODES:
         raise ValueError(f"color_mode must be one of {tuple(COLOR_MODES)}, got {color_mode!r}")
     if interpolation not in INTERPOLATIONS:

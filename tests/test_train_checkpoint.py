@@ -1,5 +1,6 @@
 """Train-state checkpoints: round trip, and a SIGKILL during a checkpoint write, then resume bit for bit."""
 
+import json
 import os
 import signal
 import subprocess
@@ -110,3 +111,69 @@ def test_sigkill_during_checkpoint_write_then_resume_is_bit_exact(tmp_path, unin
     assert_trees_equal(resumed.state, uninterrupted.state)
     assert resumed.history.history == uninterrupted.history.history
     assert resumed.history.epoch == list(range(EPOCHS))
+
+
+def other_model(input_shape=None):
+    """Shares conv2d and dense (same names and shapes) with model() but has one more layer."""
+    return Sequential([Conv2D(4, 3, activation="relu"), MaxPooling2D(2), Flatten(), Dense(1, activation="sigmoid"),
+                       Dense(1, activation="sigmoid")], input_shape=input_shape)
+
+
+def test_checkpoint_of_another_model_is_refused_naming_the_variable(tmp_path, uninterrupted):
+    other = Trainer(other_model(), optimizer="adam")
+    other.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    other.save(tmp_path / "other")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'other'} is a checkpoint of another model: "
+                                         f"params/dense_1/bias is in the checkpoint, not in this model"):
+        t = Trainer(model(), optimizer="adam")
+        t.build(x[:1])
+        t.load(tmp_path / "other")
+    uninterrupted.save(tmp_path / "mine")
+    built = Trainer(other_model(), optimizer="adam")
+    built.build(x[:1])
+    with pytest.raises(ValueError, match="params/dense_1/bias is in this model, not in the checkpoint"):
+        built.load(tmp_path / "mine")
+    # an unbuilt trainer checks against the model's input_shape
+    with pytest.raises(ValueError, match=f"{tmp_path / 'mine'} is a checkpoint of another model"):
+        Trainer.restore(tmp_path / "mine", other_model(input_shape=(8, 8, 1)), optimizer="adam")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'other'} is a checkpoint of another model"):
+        Trainer.restore(tmp_path / "other", model(), optimizer="adam", input_shape=(8, 8, 1))
+
+
+def test_fingerprint_mismatch_is_refused(tmp_path, uninterrupted):
+    uninterrupted.save(tmp_path / "c", fingerprint="small-convnet-v1")
+    with pytest.raises(ValueError, match="fingerprint 'small-convnet-v1'.*'small-convnet-v2'"):
+        Trainer.restore(tmp_path / "c", model(), optimizer="adam", fingerprint="small-convnet-v2")
+    back = Trainer.restore(tmp_path / "c", model(), optimizer="adam", fingerprint="small-convnet-v1")
+    assert back.epoch == EPOCHS
+
+
+def test_swapped_restore_arguments_are_explained(tmp_path):
+    with pytest.raises(TypeError, match=r"Trainer.restore\(directory, model\): got the model as directory"):
+        Trainer.restore(model(), tmp_path / "c")
+
+
+def test_history_and_epoch_are_json_in_the_marker(tmp_path, uninterrupted):
+    uninterrupted.save(tmp_path / "c")
+    marker = json.loads((tmp_path / "c" / "minicnn_checkpoint.json").read_text())
+    assert marker["metadata"]["epoch"] == EPOCHS
+    assert marker["metadata"]["history"]["history"] == uninterrupted.history.history
+
+
+def test_checkpoint_written_by_the_old_layout_still_loads(tmp_path, uninterrupted):
+    """minicnn <= 0.1 wrote history as uint8 JSON bytes and no marker file: read-only compatibility."""
+    import orbax.checkpoint as ocp
+    from flax import serialization, traverse_util
+
+    t = uninterrupted
+    tree = {"state": {**t.state, "opt_state": serialization.to_state_dict(t.state["opt_state"])},
+            "trainable": traverse_util.unflatten_dict({k: np.asarray(v) for k, v in t._flat_mask.items()}),
+            "epoch": EPOCHS,
+            "history": np.frombuffer(t.history.to_json().encode(), np.uint8)}
+    with ocp.PyTreeCheckpointer() as ckpt:
+        ckpt.save(tmp_path / "old", jax.device_get(tree))
+    back = Trainer.restore(tmp_path / "old", model(), optimizer="adam")
+    assert_trees_equal(back.state, t.state)
+    assert back.epoch == EPOCHS and back.history.history == t.history.history
+    with pytest.raises(FileExistsError, match="not a minicnn checkpoint"):  # read-only: never overwritten
+        back.save(tmp_path / "old")

@@ -1,57 +1,112 @@
 """The on-disk form of a :class:`~minicnn.train.Trainer`: train state, trainable mask, epoch, history.
 
-One orbax directory written by :func:`minicnn.weights.save` (atomic: a crash mid-write leaves the
-previous checkpoint loadable) holding
+One checkpoint directory written by :func:`minicnn.weights.save` (atomic, checksummed, marked as
+minicnn's) holding the arrays
 
 - ``state``: ``params``, ``batch_stats``, ``opt_state`` (``flax.serialization.to_state_dict`` form),
   ``step``, ``rng``;
 - ``trainable``: the mask, one bool per parameter;
-- ``epoch``: epochs completed;
-- ``history``: the :class:`History` as JSON text stored as uint8 bytes (no pickle).
+
+and, as JSON in the marker file's ``metadata``: ``kind``, ``epoch``, ``history`` and the caller's
+model ``fingerprint``. The marker also records every variable's path, shape and dtype, which
+:func:`check_model` compares with the model being restored. Checkpoints of minicnn 0.1 (epoch and
+history as arrays, the history as uint8 JSON bytes, no marker) still load.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
 import numpy as np
 from flax import serialization, traverse_util
 
-from minicnn import weights
+from minicnn.weights import store
 from minicnn.train.history import History
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load", "check_model", "model_shapes"]
+
+KIND = "minicnn.train"
 
 
-def save(path: str | os.PathLike, state: dict, flat_mask: dict, epoch: int, history: History):
+def save(path: str | os.PathLike, state: dict, flat_mask: dict, epoch: int, history: History,
+         fingerprint: str | None = None):
     """Write the checkpoint directory ``path`` atomically and return its absolute path."""
     tree = {
         "state": {**state, "opt_state": serialization.to_state_dict(state["opt_state"])},
         "trainable": traverse_util.unflatten_dict({k: np.asarray(v) for k, v in flat_mask.items()}),
-        "epoch": int(epoch),
-        "history": np.frombuffer(history.to_json().encode(), np.uint8),
     }
-    return weights.save(jax.device_get(tree), path)
+    metadata = {"kind": KIND, "epoch": int(epoch), "history": json.loads(history.to_json()),
+                "fingerprint": fingerprint}
+    return store.save(jax.device_get(tree), path, metadata=metadata)
 
 
 def load(path: str | os.PathLike) -> dict:
-    """``{"state", "flat_mask", "epoch", "history"}`` from :func:`save`'s directory.
+    """``{"state", "flat_mask", "epoch", "history", "fingerprint"}`` from :func:`save`'s directory.
 
     ``state["opt_state"]`` is still a state dict; :func:`restore_opt_state` puts it into the
     optimizer's own structure.
     """
-    tree = weights.load(path)
-    missing = {"state", "trainable", "epoch", "history"} - set(tree)
+    tree = store.load(path)
+    metadata = (store.read_marker(path) or {}).get("metadata", {})
+    epoch = None
+    if metadata.get("kind") == KIND:
+        epoch, history, fingerprint = metadata["epoch"], json.dumps(metadata["history"]), metadata["fingerprint"]
+    elif {"epoch", "history"} <= set(tree):  # minicnn 0.1: epoch and history (uint8 JSON bytes) as arrays
+        epoch, history, fingerprint = tree["epoch"], np.asarray(tree["history"], np.uint8).tobytes().decode(), None
+    missing = {"state", "trainable"} - set(tree) | ({"epoch", "history"} if epoch is None else set())
     if missing:
         raise ValueError(f"{path} is not a minicnn train checkpoint: missing {sorted(missing)} "
                          f"(a weights-only file? load it with minicnn.weights.load)")
     return {
         "state": {**tree["state"], "batch_stats": tree["state"].get("batch_stats", {})},
         "flat_mask": {k: bool(v) for k, v in traverse_util.flatten_dict(tree["trainable"]).items()},
-        "epoch": int(tree["epoch"]),
-        "history": History.from_json(np.asarray(tree["history"], np.uint8).tobytes().decode()),
+        "epoch": int(epoch),
+        "history": History.from_json(history),
+        "fingerprint": fingerprint,
     }
+
+
+def model_shapes(model, input_shape) -> dict:
+    """``{"params", "batch_stats"}`` of ``model`` for one input of ``input_shape`` (no batch axis),
+    as ``jax.ShapeDtypeStruct`` leaves: traced, nothing computed."""
+    import jax.numpy as jnp
+
+    key = jax.random.key(0)
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init({"params": key, "dropout": key}, x, train=False))
+    return {"params": variables.get("params", {}), "batch_stats": variables.get("batch_stats", {})}
+
+
+def check_model(path, saved: dict, expected: dict) -> None:
+    """Raise naming ``path`` and the first variable (sorted by path) whose presence, shape or dtype
+    differs between the checkpoint's ``saved`` and the model's ``expected`` ``{"params",
+    "batch_stats"}`` (arrays or ``ShapeDtypeStruct`` leaves)."""
+    def flat(variables):
+        return {"/".join(k): v for k, v in traverse_util.flatten_dict(
+            {c: variables.get(c) or {} for c in ("params", "batch_stats")}).items()}
+
+    have, want = flat(saved), flat(expected)
+    for name in sorted(have.keys() | want.keys()):
+        if name not in want:
+            problem = "is in the checkpoint, not in this model"
+        elif name not in have:
+            problem = "is in this model, not in the checkpoint"
+        elif (tuple(np.shape(have[name])), np.dtype(have[name].dtype)) != \
+                (tuple(want[name].shape), np.dtype(want[name].dtype)):
+            problem = (f"is {np.dtype(have[name].dtype)}{list(np.shape(have[name]))} in the checkpoint, "
+                       f"{np.dtype(want[name].dtype)}{list(want[name].shape)} in this model")
+        else:
+            continue
+        raise ValueError(f"{path} is a checkpoint of another model: {name} {problem}")
+
+
+def check_fingerprint(path, saved: str | None, expected: str | None) -> None:
+    """Raise when both the checkpoint and the caller name a model fingerprint and they differ."""
+    if saved is not None and expected is not None and saved != expected:
+        raise ValueError(f"{path} is a checkpoint of another model: it has fingerprint {saved!r}, "
+                         f"this model {expected!r}")
 
 
 def restore_opt_state(template, saved):

@@ -86,9 +86,16 @@ def _write_marker(directory: Path, tree: dict, metadata: Mapping | None) -> None
     (directory / MARKER).write_text(json.dumps(marker, indent=1))
 
 
+def _resolve(path: str | os.PathLike) -> Path:
+    """``path``, or its backup when a save was interrupted between its two renames."""
+    path = Path(path).absolute()
+    return _backup(path) if not path.exists() and _backup(path).exists() else path
+
+
 def read_marker(path: str | os.PathLike) -> dict | None:
-    """The marker of the checkpoint directory ``path``; None for a directory without one."""
-    path = Path(path)
+    """The marker of the checkpoint directory ``path`` (or of the checkpoint :func:`load` falls
+    back to); None for a directory without one."""
+    path = _resolve(path)
     try:
         marker = json.loads((path / MARKER).read_text())
     except FileNotFoundError:
@@ -201,9 +208,7 @@ def load(path: str | os.PathLike) -> dict:
     """
     import orbax.checkpoint as ocp
 
-    path = Path(path).absolute()
-    if not path.exists() and _backup(path).exists():  # a save was interrupted between its two renames
-        path = _backup(path)
+    path = _resolve(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no minicnn checkpoint at {path} (expected a directory written by "
                                 f"minicnn.weights.save)")

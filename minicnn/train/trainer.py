@@ -434,15 +434,31 @@ class Trainer:
         return np.concatenate(outs)
 
     # ----------------------------------------------------------------- checkpoints
-    def save(self, directory: str | os.PathLike):
-        """Write the whole train state, mask, epoch and history to ``directory`` (atomically)."""
+    def save(self, directory: str | os.PathLike, *, fingerprint: str | None = None):
+        """Write the whole train state, mask, epoch and history to ``directory`` (atomically,
+        checksummed; only over a minicnn checkpoint or an empty directory). ``fingerprint``: any
+        string naming the model, checked by :meth:`load` when it is given one too."""
         self._require_built("save")
-        return checkpoint.save(directory, self.state, self._flat_mask, self.epoch, self.history)
+        return checkpoint.save(directory, self.state, self._flat_mask, self.epoch, self.history, fingerprint)
 
-    def load(self, directory: str | os.PathLike) -> "Trainer":
+    def load(self, directory: str | os.PathLike, *, fingerprint: str | None = None,
+             input_shape: Sequence[int] | None = None) -> "Trainer":
         """Replace this trainer's state, mask, epoch and history with the checkpoint's; continue
-        with ``fit(..., initial_epoch=trainer.epoch)``."""
+        with ``fit(..., initial_epoch=trainer.epoch)``.
+
+        The checkpoint's variables (paths, shapes, dtypes) must be this model's: those of the built
+        trainer, else of ``model.init`` on one input of ``input_shape`` (default the model's own
+        ``input_shape``); an unbuilt trainer of a model without one is not checked.
+        """
+        if isinstance(directory, nn.Module):
+            raise TypeError("Trainer.load(directory): got a model; pass the checkpoint's path")
         ckpt = checkpoint.load(directory)
+        checkpoint.check_fingerprint(directory, ckpt["fingerprint"], fingerprint)
+        input_shape = input_shape or getattr(self.model, "input_shape", None)
+        if self.built:
+            checkpoint.check_model(directory, ckpt["state"], self.state)
+        elif input_shape is not None:
+            checkpoint.check_model(directory, ckpt["state"], checkpoint.model_shapes(self.model, input_shape))
         saved = ckpt["state"]
         self.state = {"params": _copy(saved["params"]), "batch_stats": _copy(saved["batch_stats"]),
                       "step": jnp.asarray(saved["step"]), "rng": jnp.asarray(saved["rng"])}
@@ -454,7 +470,12 @@ class Trainer:
 
     @classmethod
     def restore(cls, directory: str | os.PathLike, model: nn.Module, loss="binary_crossentropy",
-                optimizer="rmsprop", metrics=("accuracy",), **kwargs) -> "Trainer":
+                optimizer="rmsprop", metrics=("accuracy",), *, fingerprint: str | None = None,
+                input_shape: Sequence[int] | None = None, **kwargs) -> "Trainer":
         """A trainer for ``model`` with the checkpoint in ``directory`` loaded (compile arguments
-        as the run that wrote it)."""
-        return cls(model, loss, optimizer, metrics, **kwargs).load(directory)
+        as the run that wrote it; ``fingerprint`` and ``input_shape`` as in :meth:`load`)."""
+        if isinstance(directory, nn.Module):
+            raise TypeError("Trainer.restore(directory, model): got the model as directory; "
+                            "call Trainer.restore(path, model)")
+        return cls(model, loss, optimizer, metrics, **kwargs).load(directory, fingerprint=fingerprint,
+                                                                   input_shape=input_shape)

@@ -4,6 +4,11 @@ Each layer is called as ``layer(x, train=False)``. Parameter leaves are ``kernel
 (``gamma``/``beta`` for batch norm) under the layer's name; batch-norm moving statistics live in
 the ``batch_stats`` collection as ``moving_mean``/``moving_variance``. Defaults are Keras':
 Glorot-uniform kernels, zero biases, batch norm momentum 0.99 and epsilon 1e-3.
+
+Numerics are module fields, as in Flax: ``dtype`` (the compute dtype of Conv2D, DepthwiseConv2D and
+Dense; parameters stay float32) and ``algorithm`` (Conv2D's convolution algorithm). ``None`` follows
+the scoped defaults ``with ops.compute_dtype(...)`` / ``with ops.conv_algorithm(...)`` read when the
+model is traced (the input's dtype and ``"auto"`` outside any block).
 """
 
 from __future__ import annotations
@@ -61,7 +66,11 @@ def _activate(activation: ActivationSpec, y):
 
 
 class Conv2D(nn.Module):
-    """Keras ``Conv2D``. x: (N, H, W, C) -> (N, H', W', filters); kernel (kh, kw, C, filters)."""
+    """Keras ``Conv2D``. x: (N, H, W, C) -> (N, H', W', filters); kernel (kh, kw, C, filters).
+
+    ``dtype``: compute dtype (None: the input's, or the scoped default); ``algorithm``: ``"auto"``,
+    ``"xla"`` or ``"winograd"`` (None: the scoped default, ``"auto"``), see :func:`minicnn.ops.conv2d`.
+    """
     filters: int
     kernel_size: int | Sequence[int] = 3
     strides: int | Sequence[int] = 1
@@ -71,6 +80,8 @@ class Conv2D(nn.Module):
     use_bias: bool = True
     kernel_initializer: Initializer = glorot_uniform
     bias_initializer: Initializer = zeros
+    dtype: Any = None
+    algorithm: str | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -78,12 +89,16 @@ class Conv2D(nn.Module):
         kh, kw = ops.pair(self.kernel_size, "kernel_size")
         kernel = self.param("kernel", self.kernel_initializer, (kh, kw, x.shape[-1], self.filters))
         bias = self.param("bias", self.bias_initializer, (self.filters,)) if self.use_bias else None
-        y = ops.conv2d(x, kernel, bias, self.strides, self.padding, self.dilation_rate)
+        y = ops.conv2d(x, kernel, bias, self.strides, self.padding, self.dilation_rate,
+                       algorithm=self.algorithm, dtype=self.dtype)
         return _activate(self.activation, y)
 
 
 class DepthwiseConv2D(nn.Module):
-    """Keras ``DepthwiseConv2D``. kernel (kh, kw, C, depth_multiplier) -> (N, H', W', C * M)."""
+    """Keras ``DepthwiseConv2D``. kernel (kh, kw, C, depth_multiplier) -> (N, H', W', C * M).
+
+    ``dtype``: compute dtype (None: the input's, or the scoped default).
+    """
     kernel_size: int | Sequence[int] = 3
     strides: int | Sequence[int] = 1
     padding: ops.Padding = "valid"
@@ -93,6 +108,7 @@ class DepthwiseConv2D(nn.Module):
     use_bias: bool = True
     depthwise_initializer: Initializer = glorot_uniform
     bias_initializer: Initializer = zeros
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -102,23 +118,28 @@ class DepthwiseConv2D(nn.Module):
         kernel = self.param("kernel", self.depthwise_initializer, (kh, kw, c, self.depth_multiplier))
         bias = (self.param("bias", self.bias_initializer, (c * self.depth_multiplier,))
                 if self.use_bias else None)
-        y = ops.depthwise_conv2d(x, kernel, bias, self.strides, self.padding, self.dilation_rate)
+        y = ops.depthwise_conv2d(x, kernel, bias, self.strides, self.padding, self.dilation_rate,
+                                 dtype=self.dtype)
         return _activate(self.activation, y)
 
 
 class Dense(nn.Module):
-    """Keras ``Dense``. x: (..., in) -> (..., units); kernel (in, units)."""
+    """Keras ``Dense``. x: (..., in) -> (..., units); kernel (in, units).
+
+    ``dtype``: compute dtype (None: the input's, or the scoped default).
+    """
     units: int
     activation: ActivationSpec = None
     use_bias: bool = True
     kernel_initializer: Initializer = glorot_uniform
     bias_initializer: Initializer = zeros
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         kernel = self.param("kernel", self.kernel_initializer, (x.shape[-1], self.units))
         bias = self.param("bias", self.bias_initializer, (self.units,)) if self.use_bias else None
-        return _activate(self.activation, ops.dense(x, kernel, bias))
+        return _activate(self.activation, ops.dense(x, kernel, bias, dtype=self.dtype))
 
 
 class BatchNormalization(nn.Module):

@@ -1,5 +1,6 @@
 """Winograd F(2x2, 3x3) against the float64 loop reference and XLA's convolution, values and
-gradients; the algorithm and compute-dtype policies."""
+gradients; the algorithm and compute-dtype policies (arguments, layer fields, scoped defaults), and
+ops.jit differing from jax.jit only in how it compiles."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from minicnn import ops
+from minicnn.layers import Conv2D, Dense, DepthwiseConv2D, Flatten, Sequential
 from minicnn.ops import reference as ref
 
 paddings = st.one_of(st.sampled_from(["valid", "same"]), st.integers(0, 2),
@@ -60,31 +62,56 @@ def test_ineligible_convs_fall_back_to_xla():
         np.testing.assert_array_equal(got, want)
 
 
-def test_algorithm_setting_is_scoped_and_checked():
+def test_algorithm_scoped_default_and_checks():
     assert ops.get_conv_algorithm() == "auto"
     with ops.conv_algorithm("winograd"):
         assert ops.get_conv_algorithm() == "winograd"
     assert ops.get_conv_algorithm() == "auto"
     with pytest.raises(ValueError, match="winograd"):
-        ops.set_conv_algorithm("fft")
+        ops.conv_algorithm("fft")
     with pytest.raises(ValueError, match="fft"):
         ops.conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), algorithm="fft")
 
 
-def test_compute_dtype_policy_casts_convs_and_dense_and_is_scoped():
+def _uses_winograd(fn, *args) -> bool:
+    """Whether the traced program computes its 3x3 convs as Winograd's matmuls (no convolution)."""
+    return "conv_general_dilated" not in str(jax.make_jaxpr(fn)(*args))
+
+
+def test_conv2d_layer_algorithm_field_wins_over_the_scoped_default():
+    x = jnp.ones((1, 6, 6, 16))
+    layer = lambda algorithm: Conv2D(4, 3, padding="same", algorithm=algorithm)  # noqa: E731
+    variables = layer(None).init(jax.random.key(0), x)
+    run = lambda algorithm: lambda v, x: layer(algorithm).apply(v, x)  # noqa: E731
+    assert not _uses_winograd(run(None), variables, x)  # "auto": XLA's convolution
+    assert _uses_winograd(run("winograd"), variables, x)
+    with ops.conv_algorithm("winograd"):
+        assert _uses_winograd(run(None), variables, x)  # a field left at None follows the scope
+        assert not _uses_winograd(run("xla"), variables, x)  # an explicit field wins
+    np.testing.assert_allclose(run("winograd")(variables, x), run("xla")(variables, x), rtol=1e-5, atol=1e-5)
+
+
+def test_compute_dtype_by_argument_field_and_scope():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.normal(size=(2, 6, 6, 3)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
     full = ops.conv2d(x, k, padding="same")
-    with ops.compute_dtype("bfloat16"):
-        half = ops.conv2d(x, k, padding="same")
-        dense = ops.dense(x[:, 0, 0], w)
-    assert half.dtype == jnp.bfloat16 and dense.dtype == jnp.bfloat16
+    half = ops.conv2d(x, k, padding="same", dtype="bfloat16")
+    assert half.dtype == jnp.bfloat16 and ops.dense(x[:, 0, 0], w, dtype=jnp.bfloat16).dtype == jnp.bfloat16
     assert rel_err(half.astype(jnp.float32), full) < 2e-2  # bfloat16 keeps 8 bits of mantissa
+    with ops.compute_dtype("bfloat16"):
+        assert ops.conv2d(x, k).dtype == jnp.bfloat16 and ops.dense(x[:, 0, 0], w).dtype == jnp.bfloat16
+        assert ops.conv2d(x, k, dtype="float32").dtype == jnp.float32  # an explicit dtype wins
     assert ops.get_compute_dtype() is None and ops.conv2d(x, k).dtype == jnp.float32
+    for layer in (Conv2D(4, 3, dtype="bfloat16"), DepthwiseConv2D(3, dtype="bfloat16"), Dense(4, dtype="bfloat16")):
+        variables = layer.init(jax.random.key(0), x)
+        assert layer.apply(variables, x).dtype == jnp.bfloat16
+        assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))  # parameters stay float32
     with pytest.raises(ValueError, match="floating"):
-        ops.set_compute_dtype("int8")
+        ops.compute_dtype("int8")
+    with pytest.raises(ValueError, match="int8"):
+        ops.conv2d(x, k, dtype="int8")
 
 
 def test_minicnn_jit_equals_jax_jit_and_keeps_convs_and_dots_off_ynnpack():
@@ -104,16 +131,17 @@ def test_minicnn_jit_equals_jax_jit_and_keeps_convs_and_dots_off_ynnpack():
     np.testing.assert_allclose(explicit(x, k), jax.jit(f)(x, k), rtol=1e-5, atol=1e-4)
 
 
-def test_auto_uses_winograd_only_under_minicnn_jit_and_for_wide_inputs():
-    rng = np.random.default_rng(4)
-    wide = jnp.asarray(rng.normal(size=(2, 10, 10, 16)), jnp.float32)
-    rgb = jnp.asarray(rng.normal(size=(2, 10, 10, 3)), jnp.float32)
-    conv = lambda x: ops.conv2d(x, jnp.ones((3, 3, x.shape[-1], 8)), padding="same")  # noqa: E731
-    plain = jax.jit(conv).lower(wide).compile().as_text()
-    assert "convolution(" in plain  # plain jax.jit: XLA's convolution
-    assert "convolution(" in ops.jit(conv).lower(rgb).compile().as_text()  # C = 3: XLA's convolution
-    assert not ops.tuned_compile()  # only set while ops.jit traces
-    if not ops.compiler_options():
-        pytest.skip("no minicnn compiler options on this backend: auto is XLA everywhere")
-    assert "convolution(" not in ops.jit(conv).lower(wide).compile().as_text()  # Winograd: dots
-    np.testing.assert_allclose(ops.jit(conv)(wide), jax.jit(conv)(wide), rtol=1e-5, atol=1e-4)
+def test_jax_jit_and_ops_jit_trace_the_same_program():
+    """The same model under jax.jit and ops.jit: the same jaxpr ("auto" reads no trace-time state),
+    so equal outputs within float32 rounding; only the compilation differs."""
+    model = Sequential([Conv2D(16, 3, padding="same", activation="relu"),
+                        Conv2D(16, 3, padding="same", activation="relu"), Flatten(), Dense(3)])
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16))
+    variables = jax.jit(model.init)(jax.random.key(1), x)
+    forward = lambda v, x: model.apply(v, x)  # noqa: E731
+    fast, plain = ops.jit(forward), jax.jit(forward)
+    assert str(fast.trace(variables, x).jaxpr) == str(plain.trace(variables, x).jaxpr)
+    for jitted in (fast, plain):  # "auto" on 16-channel 3x3 convs: XLA's convolution under both
+        assert jitted.lower(variables, x).compile().as_text().count("convolution(") == 2
+    np.testing.assert_allclose(fast(variables, x), plain(variables, x), rtol=1e-5, atol=1e-5)
+    assert fast.__name__ == "<lambda>" and fast.eval_shape(variables, x).shape == (2, 3)

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from minicnn.ops import winograd
-from minicnn.ops.policy import (CONV_ALGORITHMS, compiler_options, compute_dtype, conv_algorithm,
-                                get_compute_dtype, get_conv_algorithm, jit, set_compute_dtype,
-                                set_conv_algorithm, tuned_compile)
+from minicnn.ops.policy import (CONV_ALGORITHMS, check_compute_dtype, check_conv_algorithm,
+                                compiler_options, compute_dtype, conv_algorithm, get_compute_dtype,
+                                get_conv_algorithm, jit)
 
 Padding = Union[str, int, tuple[tuple[int, int], tuple[int, int]]]
 
@@ -28,9 +28,8 @@ __all__ = [
     "conv2d", "depthwise_conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
     "global_max_pool2d", "batch_norm_inference", "batch_norm_train", "dense", "dropout",
     "relu", "relu6", "sigmoid", "softmax", "output_size", "same_padding", "pair",
-    "check_input", "get_activation", "CONV_ALGORITHMS", "set_conv_algorithm", "get_conv_algorithm",
-    "conv_algorithm", "set_compute_dtype", "get_compute_dtype", "compute_dtype", "compiler_options",
-    "jit",
+    "check_input", "get_activation", "CONV_ALGORITHMS", "get_conv_algorithm", "conv_algorithm",
+    "get_compute_dtype", "compute_dtype", "compiler_options", "jit",
 ]
 
 
@@ -108,40 +107,38 @@ def check_input(x, rank: int = 4, channels: int | None = None, what: str = "inpu
 
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
-WINOGRAD_MIN_CHANNELS = 16
 
 
-def _to_compute_dtype(x):
-    dtype = get_compute_dtype()
+def _to_compute_dtype(x, dtype):
+    """x in ``dtype``, or in the scoped default :func:`compute_dtype` when ``dtype`` is None."""
+    dtype = get_compute_dtype() if dtype is None else check_compute_dtype(dtype)
     return x if dtype is None else x.astype(dtype)
 
 
-def _pick_conv_algorithm(algorithm, x, kernel, s, d, groups) -> str:
-    algorithm = algorithm or get_conv_algorithm()
-    if algorithm not in ("auto", *CONV_ALGORITHMS):
-        raise ValueError(f"conv2d algorithm must be one of {('auto', *CONV_ALGORITHMS)}, got {algorithm!r}")
+def _pick_conv_algorithm(algorithm, kernel, s, d, groups) -> str:
+    algorithm = check_conv_algorithm(get_conv_algorithm() if algorithm is None else algorithm)
     eligible = kernel.shape[:2] == (3, 3) and s == (1, 1) and d == (1, 1) and groups == 1
-    if algorithm == "auto":
-        # Winograd measured faster only on Eigen's matmuls (inside ops.jit on CPU) and with enough
-        # input channels: an RGB first layer's 16 matmuls with K = 3 lose to a direct convolution.
-        # Plain jax.jit (YNNPACK matmuls) and GPUs (cuDNN picks Winograd itself) keep XLA's conv.
-        fast = x.shape[-1] >= WINOGRAD_MIN_CHANNELS and tuned_compile()
-        algorithm = "winograd" if fast else "xla"
+    # "auto" is XLA's convolution on every backend. On a near-idle 2-core CPU it beat F(2x2, 3x3)
+    # on VGG16's conv base at every shape measured, under jax.jit and ops.jit alike (ops.jit forward
+    # 64x64 b2 47 vs 212 ms, 150 b8 374 vs 498 ms, 150 b20 999 vs 1256 ms; gradient 150 b4 1.48 vs
+    # 1.87 s); the earlier Winograd wins were measured under 5-10x load. GPUs' cuDNN picks Winograd
+    # itself. "auto" reads no trace-time state, so jax.jit and ops.jit trace the same program.
     return "winograd" if algorithm == "winograd" and eligible else "xla"
 
 
 def conv2d(x, kernel, bias=None, strides=1, padding: Padding = "valid", dilation=1,
-           feature_group_count: int = 1, algorithm: str | None = None):
+           feature_group_count: int = 1, algorithm: str | None = None, dtype=None):
     """2-D cross-correlation, as Keras' ``Conv2D``.
 
     x: (N, H, W, C) float; kernel: (kh, kw, C // groups, F); bias: (F,) or None.
-    Returns (N, H', W', F) with H' = floor((H + pad - k_eff) / s) + 1.
+    Returns (N, H', W', F) with H' = floor((H + pad - k_eff) / s) + 1, in the compute dtype.
 
-    algorithm: None (the process-wide :func:`set_conv_algorithm` choice, ``"auto"`` by default),
-    ``"auto"``, ``"xla"`` (``lax.conv_general_dilated``) or ``"winograd"`` (F(2x2, 3x3), used only
-    for 3x3 stride-1 dilation-1 ungrouped convs; others use ``"xla"``). ``"auto"`` picks Winograd
-    for eligible convs with >= 16 input channels when traced by :func:`minicnn.ops.jit` on CPU
-    (measured faster there, benchmarks/NOTES.md), else XLA's convolution.
+    algorithm: ``"auto"`` (XLA's convolution, minicnn's measured choice), ``"xla"``
+    (``lax.conv_general_dilated``) or ``"winograd"`` (F(2x2, 3x3), used only for 3x3 stride-1
+    dilation-1 ungrouped convs; others use ``"xla"``); None follows the scoped default
+    :func:`conv_algorithm` (``"auto"`` outside any block). dtype: the compute dtype (x, kernel and
+    bias are cast to it, e.g. ``"bfloat16"``); None follows :func:`compute_dtype` (x's dtype
+    outside any block).
     """
     check_input(x, 4, what="conv2d input")
     if kernel.ndim != 4:
@@ -152,8 +149,8 @@ def conv2d(x, kernel, bias=None, strides=1, padding: Padding = "valid", dilation
     s, d = pair(strides, "strides"), pair(dilation, "dilation")
     pad = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], s, d)
     _check_fits(x, "conv2d", kernel.shape[:2], s, d, pad)
-    x = _to_compute_dtype(x)
-    if _pick_conv_algorithm(algorithm, x, kernel, s, d, feature_group_count) == "winograd":
+    x = _to_compute_dtype(x, dtype)
+    if _pick_conv_algorithm(algorithm, kernel, s, d, feature_group_count) == "winograd":
         y = winograd.conv2d_3x3(x, kernel, pad)
     else:
         y = lax.conv_general_dilated(x, kernel.astype(x.dtype), window_strides=s, padding=pad,
@@ -162,11 +159,12 @@ def conv2d(x, kernel, bias=None, strides=1, padding: Padding = "valid", dilation
     return y if bias is None else y + bias.astype(y.dtype)
 
 
-def depthwise_conv2d(x, kernel, bias=None, strides=1, padding: Padding = "valid", dilation=1):
+def depthwise_conv2d(x, kernel, bias=None, strides=1, padding: Padding = "valid", dilation=1,
+                     dtype=None):
     """Per-channel convolution, as Keras' ``DepthwiseConv2D``.
 
     x: (N, H, W, C); kernel: (kh, kw, C, M) with M the depth multiplier; bias: (C*M,) or None.
-    Returns (N, H', W', C*M), channel c*M + m filtered by kernel[..., c, m].
+    Returns (N, H', W', C*M), channel c*M + m filtered by kernel[..., c, m]. dtype: as :func:`conv2d`.
     """
     check_input(x, 4, what="depthwise_conv2d input")
     kh, kw, c, m = kernel.shape
@@ -174,7 +172,7 @@ def depthwise_conv2d(x, kernel, bias=None, strides=1, padding: Padding = "valid"
         raise ValueError(f"depthwise_conv2d: input has {x.shape[-1]} channels (shape {tuple(x.shape)}) "
                          f"but the kernel {tuple(kernel.shape)} expects {c}")
     return conv2d(x, kernel.reshape(kh, kw, 1, c * m), bias, strides, padding, dilation,
-                  feature_group_count=c)
+                  feature_group_count=c, dtype=dtype)
 
 
 def _pool(x, init, op, pool_size, strides, padding):
@@ -241,12 +239,15 @@ def batch_norm_train(x, moving_mean, moving_var, gamma=None, beta=None, momentum
     return y, new_mean, new_var
 
 
-def dense(x, kernel, bias=None):
-    """x: (..., in); kernel: (in, out); bias: (out,) or None -> (..., out)."""
+def dense(x, kernel, bias=None, dtype=None):
+    """x: (..., in); kernel: (in, out); bias: (out,) or None -> (..., out) in the compute dtype.
+
+    dtype: the compute dtype; None follows the scoped default :func:`compute_dtype` (x's dtype).
+    """
     if x.shape[-1] != kernel.shape[0]:
         raise ValueError(f"dense: input has {x.shape[-1]} features (shape {tuple(x.shape)}) but the "
                          f"kernel {tuple(kernel.shape)} expects {kernel.shape[0]}")
-    x = _to_compute_dtype(x)
+    x = _to_compute_dtype(x, dtype)
     y = jnp.dot(x, kernel.astype(x.dtype))
     return y if bias is None else y + bias.astype(y.dtype)
 

@@ -1,21 +1,31 @@
-"""Process-wide choices that change how ops compute, not what: the convolution algorithm, the
-compute dtype (mixed precision) and the XLA compiler options minicnn jits with.
+"""How ops compute, chosen explicitly: the convolution algorithm and the compute dtype (numerics),
+and the XLA compiler options :func:`jit` compiles with (speed only).
 
-Both are read when a function is traced: set them before ``jax.jit`` traces a model (a cached
-compiled function keeps the choice it was traced with). Use the context managers to scope a
-choice, e.g. for a benchmark: ``with conv_algorithm("xla"): f = jax.jit(...).lower(...).compile()``.
+Numerics are chosen per call or per layer, as Flax's ``dtype`` field: ``conv2d(..., algorithm=,
+dtype=)``, ``dense(..., dtype=)``, ``layers.Conv2D(..., algorithm=, dtype=)``. An argument left at
+``None`` follows the *scoped default*, read when the function is traced:
+``with conv_algorithm("winograd"): jax.jit(f).lower(x)``. Outside any ``with`` it is ``"auto"`` and
+the input's dtype. Scopes are per thread and per asyncio task (``contextvars``), and a compiled
+function keeps the choices it was traced with.
+
+:func:`jit` is ``jax.jit`` plus compiler options; it changes how XLA compiles a program, never the
+program: the same function traced by ``jax.jit`` and by :func:`jit` computes the same thing.
+
+Importing this module touches no JAX backend: options are decided on a function's first call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 
 import jax
 import jax.numpy as jnp
 
 CONV_ALGORITHMS = ("xla", "winograd")
-_state = {"conv_algorithm": "auto", "compute_dtype": None, "tuned_compile": False}
+_conv_algorithm = contextvars.ContextVar("minicnn_conv_algorithm", default="auto")
+_compute_dtype = contextvars.ContextVar("minicnn_compute_dtype", default=None)
 
 # jaxlib 0.10's CPU backend hands convolutions and dots to YNNPACK by default ("ynn" library
 # fusions). An empty fusion list sends them back to XLA's Eigen kernels, measured faster on VGG16:
@@ -24,53 +34,57 @@ _state = {"conv_algorithm": "auto", "compute_dtype": None, "tuned_compile": Fals
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-def set_conv_algorithm(name: str) -> None:
-    """``"auto"`` (default: Winograd where it is eligible and measured faster, see
-    :func:`minicnn.ops.conv2d`), ``"xla"`` (``lax.conv_general_dilated``) or ``"winograd"``
-    (F(2x2, 3x3) for every eligible conv)."""
+def check_conv_algorithm(name: str) -> str:
+    """``name`` if it is ``"auto"``, ``"xla"`` or ``"winograd"``, else a ValueError naming it."""
     if name not in ("auto", *CONV_ALGORITHMS):
         raise ValueError(f"conv algorithm must be one of {('auto', *CONV_ALGORITHMS)}, got {name!r}")
-    _state["conv_algorithm"] = name
+    return name
+
+
+def check_compute_dtype(dtype):
+    """``None`` or ``dtype`` as a floating ``jnp.dtype``, else a ValueError naming it."""
+    if dtype is None:
+        return None
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"compute dtype must be a floating dtype or None, got {dtype}")
+    return dtype
 
 
 def get_conv_algorithm() -> str:
-    return _state["conv_algorithm"]
-
-
-def set_compute_dtype(dtype) -> None:
-    """Mixed precision: convs and dense layers cast inputs and kernels to ``dtype`` (e.g.
-    ``"bfloat16"``) and return that dtype; parameters stay float32, batch-norm statistics are
-    float32, and losses should cast logits to float32. ``None`` (default) computes in the input's
-    dtype. Meant for accelerators: on CPU bfloat16 matmuls are emulated and slower."""
-    if dtype is not None:
-        dtype = jnp.dtype(dtype)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(f"compute dtype must be a floating dtype or None, got {dtype}")
-    _state["compute_dtype"] = dtype
+    """The scoped default conv algorithm (``"auto"`` outside any :func:`conv_algorithm` block)."""
+    return _conv_algorithm.get()
 
 
 def get_compute_dtype():
-    return _state["compute_dtype"]
+    """The scoped default compute dtype (``None``, the input's dtype, outside :func:`compute_dtype`)."""
+    return _compute_dtype.get()
 
 
 @contextlib.contextmanager
-def _scoped(setter, getter, value):
-    old = getter()
-    setter(value)
+def _scoped(var: contextvars.ContextVar, value):
+    token = var.set(value)
     try:
         yield
     finally:
-        setter(old)
+        var.reset(token)
 
 
 def conv_algorithm(name: str):
-    """Context manager: ``with conv_algorithm("winograd"): ...`` (restores the previous choice)."""
-    return _scoped(set_conv_algorithm, get_conv_algorithm, name)
+    """Scoped default for convs traced inside the block whose ``algorithm`` is None:
+    ``"auto"``, ``"xla"`` (``lax.conv_general_dilated``) or ``"winograd"`` (F(2x2, 3x3) for every
+    eligible conv). An explicit ``algorithm=`` argument or layer field wins."""
+    return _scoped(_conv_algorithm, check_conv_algorithm(name))
 
 
 def compute_dtype(dtype):
-    """Context manager: ``with compute_dtype("bfloat16"): ...`` (restores the previous dtype)."""
-    return _scoped(set_compute_dtype, get_compute_dtype, dtype)
+    """Scoped default for convs and dense layers traced inside the block whose ``dtype`` is None.
+
+    Mixed precision: ``with compute_dtype("bfloat16")`` casts inputs and kernels to bfloat16 and
+    returns bfloat16; parameters stay float32 and batch-norm statistics float32; cast logits to
+    float32 before the loss. Meant for accelerators: on CPU bfloat16 matmuls are emulated and slower.
+    """
+    return _scoped(_compute_dtype, check_compute_dtype(dtype))
 
 
 @functools.cache
@@ -86,7 +100,8 @@ def _accepted(backend: str, options: tuple) -> bool:
 def compiler_options() -> dict:
     """XLA compiler options minicnn uses for the default backend ({} where none help or are known).
 
-    Pass them to ``jax.jit(f, compiler_options=...)``, or use :func:`jit`.
+    Starts the JAX backend (and, once, compiles a probe program). Pass them to
+    ``jax.jit(f, compiler_options=...)``, or use :func:`jit`.
     """
     backend = jax.default_backend()
     if backend != "cpu":
@@ -95,24 +110,38 @@ def compiler_options() -> dict:
     return dict(options) if _accepted(backend, options) else {}
 
 
-def tuned_compile() -> bool:
-    """True while :func:`jit` traces a function that will compile with :func:`compiler_options`."""
-    return _state["tuned_compile"]
+class _LazyJit:
+    """``jax.jit(fun, compiler_options=compiler_options(), **kwargs)``, built on first use.
+
+    Deciding the options needs the backend, so building is deferred until the function is called
+    (or lowered, traced, ...): a module-level ``@ops.jit`` starts nothing at import.
+    """
+
+    def __init__(self, fun, kwargs: dict):
+        self._fun, self._kwargs, self._jitted = fun, kwargs, None
+        functools.update_wrapper(self, fun)
+
+    def _get(self):
+        if self._jitted is None:
+            explicit = self._kwargs.get("compiler_options") or {}
+            kwargs = {**self._kwargs, "compiler_options": {**compiler_options(), **explicit}}
+            self._jitted = jax.jit(self._fun, **kwargs)
+        return self._jitted
+
+    def __call__(self, *args, **kwargs):
+        return self._get()(*args, **kwargs)
+
+    def __getattr__(self, name):  # lower, trace, eval_shape, clear_cache, ...
+        if name.startswith("_"):  # not jax.jit's API; also keeps copy/pickle probes from building
+            raise AttributeError(name)
+        return getattr(self._get(), name)
 
 
 def jit(fun, **kwargs):
     """``jax.jit`` with :func:`compiler_options` (explicit ``compiler_options`` entries win).
 
-    While such a function is traced, :func:`tuned_compile` is True, so ``conv2d``'s ``"auto"`` can
-    choose what is fast under these options (Winograd's batched matmuls are fast on Eigen, slow on
-    jaxlib's default YNNPACK path).
+    Only compilation differs from ``jax.jit(fun, **kwargs)``: the traced program is the same.
+    The options are decided, and ``jax.jit`` called, on first use; the result supports ``jax.jit``'s
+    ``lower``, ``trace`` and ``eval_shape``.
     """
-    options = compiler_options()
-    kwargs["compiler_options"] = {**options, **(kwargs.get("compiler_options") or {})}
-
-    @functools.wraps(fun)
-    def traced(*args, **kw):
-        with _scoped(lambda v: _state.update(tuned_compile=v), tuned_compile, bool(options)):
-            return fun(*args, **kw)
-
-    return jax.jit(traced, **kwargs)
+    return _LazyJit(fun, kwargs)

@@ -1,5 +1,9 @@
 """Activations from one pass, and the pictures: grids, overlays, prediction charts."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import matplotlib
@@ -76,3 +80,21 @@ def test_plot_predictions():
     assert isinstance(chart, Image.Image) and chart.size[0] > chart.size[1]
     with pytest.raises(ValueError, match="empty"):
         plot_predictions(img, [])
+
+
+def test_plots_draw_headless_without_changing_matplotlibs_backend():
+    """A notebook keeps its inline backend: the plots render PNGs under any backend (here "pdf",
+    which cannot show a window) and never switch it; in a fresh interpreter, as backends are global."""
+    code = """if True:
+        import matplotlib, numpy as np
+        from minicnn.viz import plot_activations, plot_predictions
+        acts = {"conv": np.random.default_rng(0).normal(size=(1, 6, 6, 3))}
+        images = [plot_activations(acts, "conv"), plot_predictions(np.zeros((8, 8, 3)), [("n0", "cat", 0.9)])]
+        assert all(im.mode == "RGB" and im.size[0] > 1 for im in images)
+        print(matplotlib.get_backend())
+    """
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MPLBACKEND": "pdf"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["pdf"]
+

@@ -1,5 +1,6 @@
-"""Pictures as PIL images (matplotlib's Agg backend, nothing opens a window): activation grids,
-filter grids, Grad-CAM overlays and a top-5 prediction chart."""
+"""Pictures as PIL images: activation grids, filter grids, Grad-CAM overlays and a top-5 prediction
+chart. Figures are drawn on ``matplotlib.figure.Figure`` without pyplot, so nothing opens a window,
+it works headless, and matplotlib's global backend (a notebook's inline one) is left alone."""
 
 from __future__ import annotations
 
@@ -7,21 +8,18 @@ import io
 from collections.abc import Mapping, Sequence
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from minicnn.viz.filters import deprocess_image  # noqa: E402
+from minicnn.viz.filters import deprocess_image
 
 __all__ = ["plot_activations", "plot_filter_grid", "overlay", "plot_predictions"]
 
 
-def _to_pil(fig) -> Image.Image:
+def _to_pil(fig: Figure) -> Image.Image:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(buf, format="png", bbox_inches="tight")  # png renders with Agg, whatever the backend
     buf.seek(0)
     return Image.open(buf).convert("RGB")
 
@@ -55,11 +53,12 @@ def plot_activations(acts: Mapping, layer: str, images_per_row: int = 16, index:
     a = np.clip(a / np.where(std > 0, std, 1) * 64 + 128, 0, 255).astype(np.uint8)
     grid = _tile(np.moveaxis(a, -1, 0), images_per_row)
     scale = 1.0 / a.shape[0]
-    fig = plt.figure(figsize=(max(scale * grid.shape[1], 2), max(scale * grid.shape[0], 1)))
-    plt.title(layer)
-    plt.grid(False)
-    plt.axis("off")
-    plt.imshow(grid, aspect="auto", cmap=cmap)
+    fig = Figure(figsize=(max(scale * grid.shape[1], 2), max(scale * grid.shape[0], 1)))
+    ax = fig.add_subplot()
+    ax.set_title(layer)
+    ax.grid(False)
+    ax.axis("off")
+    ax.imshow(grid, aspect="auto", cmap=cmap)
     return _to_pil(fig)
 
 
@@ -101,7 +100,8 @@ def plot_predictions(image, decoded: Sequence[tuple[str, str, float]], top: int 
     rows = list(decoded)[:top]
     if not rows:
         raise ValueError("decoded: expected a list of (wnid, name, score), got an empty list")
-    fig, (ax_img, ax_bar) = plt.subplots(1, 2, figsize=(9, 3.5), gridspec_kw={"width_ratios": [1, 1.3]})
+    fig = Figure(figsize=(9, 3.5))
+    ax_img, ax_bar = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
     ax_img.imshow(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
     ax_img.axis("off")
     names = [name for _, name, _ in rows][::-1]

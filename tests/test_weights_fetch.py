@@ -5,7 +5,10 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -14,6 +17,8 @@ import pytest
 
 from minicnn import weights
 from minicnn.weights import WeightsUnavailableError, get, list_weights, pretrained_variables
+from minicnn.weights.fetch import download
+from minicnn.weights.registry import entry
 
 PAYLOAD = np.random.default_rng(0).bytes(300_000)
 
@@ -33,6 +38,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(404, "no such file")
             return
         body, start = self.files[name], 0
+        if name.startswith(("trickle", "nolength")):
+            self._hostile(name, body)
+            return
         rng = self.headers.get("Range")
         if rng:
             start = int(rng.split("=")[1].split("-")[0])
@@ -48,7 +56,30 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             return
+        if name.startswith("slow"):  # long enough for a second process to ask meanwhile
+            for i in range(start, len(body), len(body) // 20):
+                self.wfile.write(body[i:i + len(body) // 20])
+                self.wfile.flush()
+                time.sleep(0.05)
+            return
         self.wfile.write(body[start:])
+
+    def _hostile(self, name, body):
+        """trickle: one byte every 0.2 s, forever; nolength: no Content-Length and ten times the file."""
+        self.send_response(200)
+        if name.startswith("trickle"):
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for i in range(10 ** 6):
+                if name.startswith("trickle"):
+                    self.wfile.write(body[i % len(body):i % len(body) + 1])
+                    self.wfile.flush()
+                    time.sleep(0.2)
+                elif i < 10:
+                    self.wfile.write(body)
+        except OSError:  # the client gave up
+            pass
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +101,8 @@ def _closed_port():
 @pytest.fixture
 def env(server, tmp_path, monkeypatch):
     """A test registry (via MINICNN_REGISTRY) and an empty MINICNN_HOME."""
-    Handler.files = {"good.bin": PAYLOAD, "bad.bin": PAYLOAD, "cut.bin": PAYLOAD}
+    Handler.files = {name: PAYLOAD for name in ("good.bin", "bad.bin", "cut.bin", "slow.bin", "trickle.bin",
+                                                "nolength.bin")}
     Handler.requests, Handler.cut_once = [], set()
     sha = hashlib.sha256(PAYLOAD).hexdigest()
 
@@ -83,6 +115,9 @@ def env(server, tmp_path, monkeypatch):
              "cut": item(f"{server}/cut.bin"),
              "prefix": {**item(f"{server}/good.bin", sha[:8]), "filename": "prefix-good.bin"},
              "missing": item(f"{server}/missing.bin"),
+             "slow": item(f"{server}/slow.bin"),
+             "trickle": item(f"{server}/trickle.bin"),
+             "nolength": {**item(f"{server}/nolength.bin"), "size": len(PAYLOAD)},
              "offline": item(f"http://127.0.0.1:{_closed_port()}/vgg16_notop.h5")}
     path = tmp_path / "registry.json"
     path.write_text(json.dumps(table))
@@ -194,7 +229,7 @@ def test_vgg16_imagenet_downloads_ports_and_caches(env, tmp_path, monkeypatch):
     monkeypatch.setenv("MINICNN_REGISTRY", str(registry_path))
     pretrained_variables.cache_clear()
     try:
-        variables = pretrained_variables("vgg16", "imagenet", False)  # what VGG16(weights="imagenet").init calls
+        variables = pretrained_variables("vgg16", "imagenet", False)  # what minicnn.init(VGG16(weights="imagenet"), ...) loads
         np.testing.assert_array_equal(variables["params"]["block1_conv1"]["kernel"],
                                       kmodel.get_layer("block1_conv1").kernel.numpy())
         home = tmp_path / "home"
@@ -212,3 +247,60 @@ def test_vgg16_imagenet_downloads_ports_and_caches(env, tmp_path, monkeypatch):
             pretrained_variables("vgg16", "nowhere.h5", False)
     finally:
         pretrained_variables.cache_clear()
+
+
+FETCH = "from minicnn.weights import get; print(get('slow', progress=False))"
+
+
+def test_two_processes_fetching_the_same_file_end_with_one_good_file(env):
+    """Each downloads under the exclusive lock or waits for it and finds the verified file."""
+    cache, _ = env
+    children = [subprocess.Popen([sys.executable, "-c", FETCH], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=dict(os.environ)) for _ in range(2)]
+    outs = [child.communicate(timeout=120) for child in children]
+    for child, (out, err) in zip(children, outs):
+        assert child.returncode == 0, err[-2000:]
+        assert out.strip() == str(cache / "slow.bin")
+    assert (cache / "slow.bin").read_bytes() == PAYLOAD
+    assert os.listdir(cache) == ["slow.bin"]  # no lock, .part or temporary file left
+    assert [name for name, _ in Handler.requests].count("slow.bin") == 1
+
+
+def test_a_trickling_server_stops_at_the_deadline(env):
+    cache, _ = env
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match="longer than its deadline of 1 s"):
+        download(entry("trickle"), cache / "trickle.bin", progress=False, timeout=0.5, deadline=1)
+    assert time.monotonic() - start < 5
+    assert not (cache / "trickle.bin").exists()
+
+
+def test_the_deadline_comes_from_the_environment(env, monkeypatch):
+    monkeypatch.setenv("MINICNN_DOWNLOAD_DEADLINE", "0.5")
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match="deadline of 0.5 s"):
+        get("trickle", progress=False)
+    assert time.monotonic() - start < 5
+
+
+def test_a_server_without_content_length_cannot_fill_the_disk(env):
+    cache, _ = env
+    with pytest.raises(WeightsUnavailableError, match=f"sent, more than the cap of {len(PAYLOAD) + 65536} bytes "
+                                                      f"\\(the registry's size is {len(PAYLOAD)}\\); the partial "
+                                                      f"download was removed"):
+        get("nolength", progress=False)
+    assert not any(cache.iterdir())
+
+
+def test_a_file_copied_into_the_cache_is_hash_checked(env):
+    cache, _ = env
+    cache.mkdir(parents=True)
+    (cache / "good.bin").write_bytes(PAYLOAD[:1000])  # truncated, as a failed copy leaves it
+    with pytest.raises(ValueError, match=r"good: md5 of .*good.bin is [0-9a-f]{32}.*the cached file is damaged "
+                                         r"and was moved to .*good.bin.corrupt. Run `minicnn weights fetch good`"):
+        get("good", progress=False)
+    assert (cache / "good.bin.corrupt").read_bytes() == PAYLOAD[:1000] and not (cache / "good.bin").exists()
+    assert get("good", progress=False).read_bytes() == PAYLOAD  # repaired by downloading again
+    assert len(Handler.requests) == 1
+    (cache / "good.bin").write_bytes(PAYLOAD)  # a good copy, as the offline message suggests
+    assert get("good", progress=False).read_bytes() == PAYLOAD and len(Handler.requests) == 1

@@ -20,6 +20,46 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (a :class:`CLIError`), like every other error of the command."""
+
+    def error(self, message):
+        raise CLIError(f"{message} (see {self.prog} --help)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 epochs, 0 images per row, top 0 are mistakes, not requests)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a float strictly between 0 and 1 (the validation split)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
+    return value
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What bad input raises in the library: printed as one line, never as a traceback. Imported only
+    when an error is being handled (importing minicnn.cli stays cheap)."""
+    import pickle
+
+    from PIL import Image
+    # OSError covers missing files, WeightsUnavailableError and PIL's UnidentifiedImageError; ValueError
+    # the readers' refusals (BadImageError, shape mismatches); UnpicklingError the refused .pth globals.
+    return (CLIError, OSError, ValueError, KeyError, pickle.UnpicklingError, Image.DecompressionBombError)
+
+
 def _model(name: str, weights: str | None, include_top: bool = True):
     """(model, variables, preprocess, input size) for a named model; random weights when weights is None."""
     import jax
@@ -218,7 +258,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minicnn", description=__doc__,
+    parser = _Parser(prog="minicnn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -240,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("predict", cmd_predict, "ImageNet top-k for image files")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     model_args(p)
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=positive_int, default=5)
 
     p = add("gradcam", cmd_gradcam, "Grad-CAM heatmap over an image")
     p.add_argument("image", metavar="IMAGE")
@@ -254,9 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("layer", metavar="LAYER")
     p.add_argument("--out")
     p.add_argument("--weights", default="imagenet")
-    p.add_argument("--filters", type=int, default=16, help="the first N filters")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--size", type=int, help="image size (default 128; the input size of a small convnet)")
+    p.add_argument("--filters", type=positive_int, default=16, help="the first N filters")
+    p.add_argument("--steps", type=positive_int, default=40)
+    p.add_argument("--size", type=positive_int, help="image size (default 128; the input size of a small convnet)")
     p.add_argument("--preset", default="book", choices=("book", "lucid"))
     p.add_argument("--seed", type=int, default=0)
 
@@ -264,23 +304,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("layer", metavar="LAYER")
     p.add_argument("--out")
-    p.add_argument("--images-per-row", type=int, default=16)
+    p.add_argument("--images-per-row", type=positive_int, default=16)
     model_args(p)
 
     p = add("summary", cmd_summary, "Keras-style summary of a model")
     p.add_argument("model", choices=MODELS, metavar="MODEL")
-    p.add_argument("--input-shape", type=int, nargs=3, metavar=("H", "W", "C"))
+    p.add_argument("--input-shape", type=positive_int, nargs=3, metavar=("H", "W", "C"))
     p.add_argument("--no-top", action="store_true", help="the conv base only (include_top=False)")
 
     p = add("train", cmd_train, "train on a folder of class sub-folders with a chapter-5 recipe")
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--recipe", required=True, choices=RECIPES)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--out", default="minicnn_train")
     p.add_argument("--model", default="efficientnet_lite0", choices=("efficientnet_lite0", "vgg16"))
-    p.add_argument("--image-size", type=int, default=150)
-    p.add_argument("--batch-size", type=int, default=20)
-    p.add_argument("--validation-split", type=float, default=0.2)
+    p.add_argument("--image-size", type=positive_int, default=150)
+    p.add_argument("--batch-size", type=positive_int, default=20)
+    p.add_argument("--validation-split", type=fraction, default=0.2)
     p.add_argument("--seed", type=int, default=0)
 
     p = add("weights", cmd_weights, "list, fetch or port pretrained weight sets")
@@ -292,12 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; bad input of any kind prints one line to stderr and returns 2."""
     try:
+        args = build_parser().parse_args(argv)
         return args.fn(args)
-    except CLIError as e:
-        message = str(e)
-    except (ValueError, KeyError, OSError) as e:  # bad images, unknown layers, weights offline, ...
+    except _user_errors() as e:  # bad arguments and images, refused files, unknown layers, weights offline
         message = (str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) or type(e).__name__
     message = message.split("\n-----")[0]  # drop JAX's traceback-filtering note
     print(f"minicnn: error: {' '.join(message.split())}", file=sys.stderr)

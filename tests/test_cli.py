@@ -143,3 +143,60 @@ def test_train_scratch_saves_model_history_log_and_curves(capsys, tmp_path):
     assert Image.open(out / "curves_accuracy.png").format == "PNG"
     from minicnn.weights import load
     assert "params" in load(out / "model")
+
+
+# Ordinary bad input: one line on stderr, exit code 2, never a traceback (issue 14, item 11).
+
+def png_claiming(width, height):
+    """A valid PNG header declaring width x height 1-bit pixels, with no pixel data: a few dozen bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", ".", "--recipe", "scratch", "--epochs", "0"], "--epochs: expected a positive integer, got 0"),
+    (["activations", "x.png", "stem_conv", "--images-per-row", "0"], "--images-per-row: expected a positive"),
+    (["predict", "x.png", "--top", "0"], "--top: expected a positive integer, got 0"),
+    (["predict", "x.png", "--top", "five"], "--top: expected a positive integer, got 'five'"),
+    (["train", ".", "--recipe", "scratch", "--validation-split", "1"], "--validation-split: expected a fraction"),
+    (["summary", "vgg16", "--input-shape", "0", "32", "3"], "--input-shape: expected a positive integer"),
+    (["nonsense"], "invalid choice: 'nonsense'"),
+])
+def test_bad_arguments_are_one_line(capsys, argv, fragment):
+    code, out, err = run(capsys, *argv)
+    assert_one_line_error(code, err, fragment)
+    assert out == "" and "Traceback" not in err
+
+
+def test_decompression_bomb_is_one_line(capsys, tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(30000, 30000))  # 900 megapixels declared in 67 bytes
+    code, _, err = run(capsys, "predict", bomb, "--weights", "none")
+    assert_one_line_error(code, err, "bomb.png", "decompression bomb")
+
+
+def test_refused_pth_is_one_line(capsys, tmp_path):
+    import pickle
+
+    class RunsCode:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "marker"), "w"))
+    hostile = tmp_path / "hostile.pth"
+    hostile.write_bytes(pickle.dumps({"stem_conv.weight": RunsCode()}))
+    code, _, err = run(capsys, "weights", "port", hostile, "--arch", "efficientnet_lite0", "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "hostile.pth", "refusing to unpickle")
+    assert not (tmp_path / "marker").exists() and not (tmp_path / "out").exists()
+
+
+def test_directory_that_is_not_a_checkpoint_is_one_line(capsys, tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    code, _, err = run(capsys, "weights", "port", folder)
+    assert_one_line_error(code, err, "results")
+    assert (folder / "notes.txt").read_text() == "mine"

@@ -15,7 +15,8 @@ frozen weights). A BatchNormalization layer whose parameters are all frozen runs
 (or :meth:`Trainer.set_trainable`) between phases keeps the parameters and builds a new optimizer
 state for the new partition.
 
-Batches. ``fit`` takes any re-iterable of ``(x, y)`` batches (one ``iter()`` per epoch; with
+Batches. ``fit`` takes any re-iterable of ``(x, y)`` batches (a minicnn dataset's ``epoch(n)`` for
+epoch ``n``, so resuming at ``initial_epoch`` is exact; otherwise one ``iter()`` per epoch; with
 ``steps_per_epoch`` one iterator is kept across epochs and restarted when it runs out) or arrays
 ``fit(x, y, batch_size=32)`` (shuffled each epoch from ``seed``, like Keras). A smaller last training
 batch is a second shape, compiled once and cached: padding it would change the batch statistics of
@@ -80,9 +81,17 @@ def _as_batches(data, y, batch_size, what: str, shuffle_seed=None):
 
 
 def _pad(a, n: int):
-    """Pad the batch axis of ``a`` with zeros up to ``n`` rows."""
-    a = np.asarray(a)
-    return np.concatenate([a, np.zeros((n - len(a), *a.shape[1:]), a.dtype)]) if len(a) < n else a
+    """Pad the batch axis of ``a`` with zeros up to ``n`` rows; a JAX array is padded on its device."""
+    xp = jnp if isinstance(a, jax.Array) else np
+    a = xp.asarray(a)
+    return xp.concatenate([a, xp.zeros((n - len(a), *a.shape[1:]), a.dtype)]) if len(a) < n else a
+
+
+def _epoch_batches(data, epoch: int):
+    """An iterator over ``data``'s batches of ``epoch``: ``data.epoch(epoch)`` for a minicnn dataset (the order
+    and augmentation keys of that epoch, so a resumed fit sees the uninterrupted run's batches), else ``iter``."""
+    epoch_fn = getattr(data, "epoch", None)
+    return iter(epoch_fn(epoch)) if callable(epoch_fn) else iter(data)
 
 
 def _copy(tree):
@@ -342,7 +351,7 @@ class Trainer:
             else:
                 data = _as_batches(x, None, batch_size, "fit")
             if steps_per_epoch is None or iterator is None:
-                iterator = iter(data)
+                iterator = _epoch_batches(data, epoch)
             cb.on_epoch_begin(epoch)
             sums, count, batch = {}, 0, 0
             while steps_per_epoch is None or batch < steps_per_epoch:
@@ -351,7 +360,7 @@ class Trainer:
                 except StopIteration:
                     if steps_per_epoch is None:
                         break
-                    iterator = iter(data)
+                    iterator = _epoch_batches(data, epoch)
                     try:
                         xb, yb = next(iterator)
                     except StopIteration:

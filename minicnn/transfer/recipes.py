@@ -60,7 +60,13 @@ def _prepared(data, augment=None, preprocess=None, seed: int = 0):
 
 
 def _first_x(data):
-    batch = next(iter(data))
+    """The first batch's x (a peek: a minicnn dataset's epochs do not depend on it). The iterator is closed
+    at once, so an image folder stops decoding ahead."""
+    batches = iter(data)
+    try:
+        batch = next(batches)
+    finally:
+        getattr(batches, "close", lambda: None)()
     return jnp.asarray(batch[0] if isinstance(batch, (tuple, list)) else batch)
 
 

@@ -74,13 +74,13 @@ def _affine(x, scale, angle):
 
 def random_scale(scales: Sequence[float]) -> Transform:
     """Zoom by a factor drawn from ``scales`` (same output size)."""
-    scales = jnp.asarray(scales, jnp.float32)
+    scales = np.asarray(scales, np.float32)  # NumPy: PRESETS builds this at import, before any backend
     return lambda key, x: _affine(x, jax.random.choice(key, scales), 0.0)
 
 
 def random_rotate(degrees: Sequence[float]) -> Transform:
     """Rotate by an angle drawn from ``degrees`` (same output size)."""
-    angles = jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
+    angles = np.deg2rad(np.asarray(degrees, np.float32))
     return lambda key, x: _affine(x, 1.0, jax.random.choice(key, angles))
 
 

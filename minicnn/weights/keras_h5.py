@@ -9,7 +9,13 @@ Two layouts:
 * Keras 3 ``.weights.h5`` (``model.save_weights``): ``layers/<class>_<k>/vars/<i>``, groups named by
   layer class and creation order. Keras 3.x also records the layer name in the ``vars`` group's
   ``name`` attribute; when every name is one of the model's layers it is used, otherwise layers
-  are matched by class and creation order.
+  are matched by class and creation order. A nested model (``Sequential([VGG16(...), Flatten(),
+  Dense(...)])``) keeps its layers under ``layers/<model>/layers/``; they are read in place.
+
+Every dataset is checked before it is read: its bytes must be in this file (external storage,
+virtual datasets and external links are refused) and the file must store as many bytes as its
+shape declares (``MAX_INFLATION`` times that for compressed data), so a dataset that was never
+written or is a decompression bomb is an error, not an allocation of gigabytes.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from collections.abc import Sequence
 import h5py
 import numpy as np
 
-__all__ = ["read_keras_h5", "read_keras3_weights", "is_legacy_h5", "is_keras3_weights"]
+from minicnn.weights.torch_pth import MAX_INFLATION, CorruptWeightsError
+
+__all__ = ["read_keras_h5", "read_keras3_weights", "keras3_layers", "is_legacy_h5", "is_keras3_weights"]
 
 _ROLES = {"kernel": "kernel", "W": "kernel", "depthwise_kernel": "kernel", "bias": "bias", "b": "bias",
           "gamma": "gamma", "beta": "beta", "moving_mean": "moving_mean", "running_mean": "moving_mean",
@@ -31,6 +39,7 @@ _STATS = ("moving_mean", "moving_variance")
 _KERAS3_ROLES = {"conv2d": ("kernel", "bias"), "depthwise_conv2d": ("kernel", "bias"),
                  "dense": ("kernel", "bias"),
                  "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance")}
+_MAX_NESTING = 8  # models inside models (Sequential([VGG16, ...]) is 1); HDF5 hard links can make cycles
 
 
 def _weights_root(f: h5py.File):
@@ -61,6 +70,36 @@ def weight_role(layer: str, weight_name: str) -> str:
     return _ROLES[name]
 
 
+def read_dataset(f: h5py.File, dset, where: str) -> np.ndarray:
+    """The numbers of ``dset``, a dataset of the open file ``f``, once they are shown to be this file's
+    bytes (no external storage, virtual dataset or link into another file) and the file stores as
+    many bytes as the shape declares (``MAX_INFLATION`` times fewer when compressed)."""
+    if not isinstance(dset, h5py.Dataset):
+        raise CorruptWeightsError(f"{where}: {dset.name} is a {type(dset).__name__}, not a dataset of weights")
+    name = dset.name
+    if os.path.realpath(dset.file.filename) != os.path.realpath(f.filename):
+        raise CorruptWeightsError(f"{where}: dataset {name} is a link into {dset.file.filename}; "
+                                  f"weights must be in the file itself")
+    if dset.is_virtual:
+        raise CorruptWeightsError(f"{where}: dataset {name} is a virtual dataset (its bytes are in other "
+                                  f"files); weights must be in the file itself")
+    if dset.external:
+        raise CorruptWeightsError(f"{where}: dataset {name} keeps its bytes in external file "
+                                  f"{dset.external[0][0]!r:.200}; weights must be in the file itself")
+    if dset.shape is None or dset.dtype.kind not in "biuf":
+        raise CorruptWeightsError(f"{where}: dataset {name} holds {dset.dtype} of shape {dset.shape}, not numbers")
+    declared, stored = dset.size * dset.dtype.itemsize, dset.id.get_storage_size()
+    inflation = MAX_INFLATION if dset.id.get_create_plist().get_nfilters() else 1
+    if declared > inflation * stored or stored > os.path.getsize(f.filename):
+        raise CorruptWeightsError(f"{where}: dataset {name} declares {dset.shape} {dset.dtype} ({declared} bytes) "
+                                  f"but stores {stored} in a {os.path.getsize(f.filename)}-byte file: it was "
+                                  f"never written, or the file is truncated, corrupt or a decompression bomb")
+    try:
+        return dset[()]
+    except OSError as e:
+        raise CorruptWeightsError(f"{where}: dataset {name} cannot be read: {e}") from None
+
+
 def _put(variables: dict, layer: str, role: str, value: np.ndarray, where: str):
     tree = variables["batch_stats" if role in _STATS else "params"].setdefault(layer, {})
     if role in tree:
@@ -82,25 +121,42 @@ def read_keras_h5(path: str | os.PathLike) -> dict:
             for wn in map(_text, group.attrs.get("weight_names", [])):
                 if wn not in group:
                     raise ValueError(f"{path}: layer {layer} lists weight {wn!r} but has no such dataset")
-                _put(variables, layer, weight_role(layer, wn), np.asarray(group[wn]), str(path))
+                _put(variables, layer, weight_role(layer, wn), read_dataset(f, group[wn], str(path)), str(path))
     return {k: v for k, v in variables.items() if v or k == "params"}
 
 
-def _keras3_groups(f: h5py.File, path) -> list[tuple[str, str, int, str | None, list[np.ndarray]]]:
-    """[(kind, group, creation index, recorded layer name, [vars])] for every layer with weights."""
+def _keras3_groups(f: h5py.File, path) -> list[tuple[str, str, tuple[str, int], str | None, list]]:
+    """[(kind, group path, (model path, creation index), recorded layer name, [var datasets, unread])]
+    for every layer with weights, the layers of nested models included."""
     out = []
-    for group_name, group in f["layers"].items():
-        if "vars" not in group or not len(group["vars"]):
-            continue
-        m = re.fullmatch(r"(.*?)(?:_(\d+))?", group_name)
-        kind, k = m.group(1), int(m.group(2) or 0)
-        if kind not in _KERAS3_ROLES:
-            raise ValueError(f"{path}: layers/{group_name} is a {kind} layer, which minicnn cannot port "
-                             f"(known: {sorted(_KERAS3_ROLES)})")
-        vars_ = [np.asarray(group["vars"][str(i)]) for i in range(len(group["vars"]))]
-        name = group["vars"].attrs.get("name")
-        out.append((kind, group_name, k, None if name is None else _text(name), vars_))
+
+    def walk(layers, model: str, depth: int):
+        if depth > _MAX_NESTING:
+            raise CorruptWeightsError(f"{path}: {model} nests models more than {_MAX_NESTING} deep")
+        for group_name, group in layers.items():
+            if isinstance(group, h5py.Group) and isinstance(group.get("layers"), h5py.Group):
+                walk(group["layers"], f"{model}/{group_name}/layers", depth + 1)  # a model inside the model
+            if not isinstance(group, h5py.Group) or "vars" not in group or not len(group["vars"]):
+                continue
+            m = re.fullmatch(r"(.*?)(?:_(\d+))?", group_name)
+            kind, k = m.group(1), int(m.group(2) or 0)
+            if kind not in _KERAS3_ROLES:
+                raise ValueError(f"{path}: {model}/{group_name} is a {kind} layer, which minicnn cannot port "
+                                 f"(known: {sorted(_KERAS3_ROLES)})")
+            vars_ = [group["vars"][str(i)] for i in range(len(group["vars"]))]
+            name = group["vars"].attrs.get("name")
+            out.append((kind, f"{model}/{group_name}", (model, k), None if name is None else _text(name), vars_))
+
+    walk(f["layers"], "layers", 0)
     return out
+
+
+def keras3_layers(path: str | os.PathLike) -> list[tuple[str, str, str]]:
+    """``[(kind, recorded layer name or group name, model path), ...]`` for every layer with weights of a
+    Keras 3 ``.weights.h5``, nested models included (``model path`` is ``layers`` at the top level)."""
+    with h5py.File(path, "r") as f:
+        return [(kind, name or group.rsplit("/", 1)[1], order[0])
+                for kind, group, order, name, _ in _keras3_groups(f, path)]
 
 
 def read_keras3_weights(path: str | os.PathLike, layers: Sequence[tuple[str, str]]) -> dict:
@@ -113,7 +169,12 @@ def read_keras3_weights(path: str | os.PathLike, layers: Sequence[tuple[str, str
     with h5py.File(path, "r") as f:
         if not is_keras3_weights(f):
             raise ValueError(f"{path}: not a Keras 3 .weights.h5 file (no layers/ group)")
-        groups = _keras3_groups(f, path)
+        return _read_keras3_pairs(f, path, _keras3_groups(f, path), layers)
+
+
+def _read_keras3_pairs(f: h5py.File, path, groups: list, layers: Sequence[tuple[str, str]]) -> dict:
+    """Match the file's groups to the model's layers (by recorded name, else by kind and creation
+    order) and read the matched datasets only."""
     variables: dict = {"params": {}, "batch_stats": {}}
     names = {name for name, _ in layers}
     by_name = all(g[3] in names for g in groups)  # Keras 3.x records each layer's name
@@ -131,8 +192,8 @@ def read_keras3_weights(path: str | os.PathLike, layers: Sequence[tuple[str, str
     for layer, (kind, group_name, _, _, vars_) in pairs:
         roles = _KERAS3_ROLES[kind]
         if len(vars_) > len(roles):
-            raise ValueError(f"{path}: layers/{group_name} ({layer}) has {len(vars_)} variables, "
+            raise ValueError(f"{path}: {group_name} ({layer}) has {len(vars_)} variables, "
                              f"a {kind} has at most {len(roles)}")
-        for role, value in zip(roles, vars_):
-            _put(variables, layer, role, value, str(path))
+        for role, dset in zip(roles, vars_):
+            _put(variables, layer, role, read_dataset(f, dset, str(path)), str(path))
     return {k: v for k, v in variables.items() if v or k == "params"}

@@ -104,11 +104,14 @@ def detect_format(path: Path) -> str:
     if path.is_dir():
         return "orbax"
     if h5py.is_hdf5(path):
-        with h5py.File(path, "r") as f:
-            if keras_h5.is_legacy_h5(f):
-                return "keras_h5"
-            if keras_h5.is_keras3_weights(f):
-                return "keras3_weights"
+        try:
+            with h5py.File(path, "r") as f:
+                if keras_h5.is_legacy_h5(f):
+                    return "keras_h5"
+                if keras_h5.is_keras3_weights(f):
+                    return "keras3_weights"
+        except OSError as e:  # h5py's message does not name the file
+            raise torch_pth.CorruptWeightsError(f"{path}: a damaged HDF5 file: {e}") from None
         raise ValueError(f"{path}: an HDF5 file but neither Keras layout (no layer_names attribute, no layers/ group)")
     with open(path, "rb") as f:
         head = f.read(2)
@@ -145,12 +148,12 @@ def port_file(path: str | os.PathLike, arch: str | None = None) -> tuple[dict, s
         variables = keras_h5.read_keras_h5(path)
         arch = arch or _detect_arch(variables["params"])
     elif fmt == "keras3_weights":
+        layers = keras_h5.keras3_layers(path)  # [(kind, name, model)], nested models included
         if arch is None:
-            import h5py
-            with h5py.File(path, "r") as f:
-                n_conv = sum(1 for g in f["layers"] if g.startswith("conv2d") and len(f["layers"][g]["vars"]))
-                arch = {13: "vgg16", 16: "vgg19"}.get(n_conv) or _detect_arch(f["layers"])
-        has_top = _has_keras3_top(path)
+            n_conv = sum(kind == "conv2d" for kind, _, _ in layers)
+            arch = {13: "vgg16", 16: "vgg19"}.get(n_conv) or _detect_arch(name for _, name, _ in layers)
+        base = next((model for kind, _, model in layers if kind == "conv2d"), "layers")
+        has_top = any(kind == "dense" and model == base for kind, _, model in layers)  # not a head on a nested base
         variables = keras_h5.read_keras3_weights(path, _expected(arch, has_top)[1])
     else:
         state = torch_pth.read_pth(path)
@@ -160,12 +163,6 @@ def port_file(path: str | os.PathLike, arch: str | None = None) -> tuple[dict, s
         else:
             variables = torch_layouts.from_torchvision_vgg(state, arch, "classifier.0.weight" in state, where)
     return variables, arch
-
-
-def _has_keras3_top(path) -> bool:
-    import h5py
-    with h5py.File(path, "r") as f:
-        return any(g.startswith("dense") and len(f["layers"][g]["vars"]) for g in f["layers"])
 
 
 def _ported_dir(name: str) -> Path:

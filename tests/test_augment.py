@@ -51,8 +51,11 @@ def keras_params(generator, image_shape, n, seed):
     return {k: None if draws[0][k] is None else np.array([d[k] for d in draws]) for k in draws[0]}
 
 
-def assert_matches_keras(images, params, generator, tol=1e-3, **augmenter_kw):
-    """minicnn's apply_transform on the batch vs Keras' apply_transform image by image, same parameters."""
+def assert_matches_keras(images, params, generator, tol=1e-6, **augmenter_kw):
+    """minicnn's apply_transform on the batch vs Keras' apply_transform image by image, same parameters.
+
+    tol: the README's "mean abs. difference < 1e-6" on images in [0, 1] (measured worst 4.4e-7, reflect).
+    """
     aug = ImageAugmenter(fill_mode=generator.fill_mode, cval=generator.cval, **augmenter_kw)
     ours = np.asarray(aug.apply_transform(images, params))
     for j, image in enumerate(images):

@@ -62,7 +62,7 @@ def test_logits_match_the_pytorch_reference(photos, logits):
         expected = ref(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
     ours = logits[0]
     rel = np.max(np.abs(ours - expected)) / np.max(np.abs(expected))
-    assert rel < 1e-4, rel
+    assert rel < 1e-6, rel  # the README's figure; measured 5.3e-7
 
 
 def test_decode_predictions_names_cat_and_espresso(logits):

@@ -8,7 +8,7 @@ keras = pytest.importorskip("keras", reason="Keras 3 is the numerical reference 
 import jax  # noqa: E402
 
 from minicnn.layers import BatchNormalization  # noqa: E402
-from minicnn.models import VGG16, small_convnet  # noqa: E402
+from minicnn.models import VGG16, VGG19, small_convnet  # noqa: E402
 from tests.keras_utils import keras_variables, rel_err  # noqa: E402
 
 
@@ -25,11 +25,21 @@ def images(shape, seed=0):
     (False, 150, None, 1000),
 ])
 def test_vgg16_matches_keras(include_top, size, pooling, classes):
-    kmodel = keras.applications.VGG16(weights=None, include_top=include_top, pooling=pooling,
-                                      classes=classes, input_shape=(size, size, 3))
-    x = images((2, size, size, 3))
+    assert_vgg_matches_keras(keras.applications.VGG16, VGG16, include_top, size, pooling, classes, batch=2)
+
+
+@pytest.mark.parametrize("include_top,size,pooling,classes", [(True, 64, None, 7), (False, 32, "max", 1000)])
+def test_vgg19_matches_keras(include_top, size, pooling, classes):
+    assert_vgg_matches_keras(keras.applications.VGG19, VGG19, include_top, size, pooling, classes, batch=1)
+
+
+def assert_vgg_matches_keras(keras_cls, ours_cls, include_top, size, pooling, classes, batch):
+    """Keras' application with random weights, the same weights copied in: outputs within 1e-5 relative."""
+    kmodel = keras_cls(weights=None, include_top=include_top, pooling=pooling, classes=classes,
+                       input_shape=(size, size, 3))
+    x = images((batch, size, size, 3))
     want = np.asarray(kmodel(x, training=False))
-    model = VGG16(include_top=include_top, pooling=pooling, classes=classes)
+    model = ours_cls(include_top=include_top, pooling=pooling, classes=classes)
     got = jax.jit(model.apply)(keras_variables(kmodel), x)
     assert got.shape == want.shape
     assert rel_err(got, want) < 1e-5

@@ -55,7 +55,7 @@ def test_per_step_losses_match_keras(batches, name, keras_opt, lr):
         ours.append((logs["loss"], logs["accuracy"]))
         theirs.append((k_loss, k_acc))
     ours, theirs = np.array(ours), np.array(theirs)
-    np.testing.assert_allclose(ours[:, 0], theirs[:, 0], rtol=1e-4)
+    np.testing.assert_allclose(ours[:, 0], theirs[:, 0], rtol=1e-5)  # measured: RMSprop 8.5e-8, Adam 6.1e-6
     np.testing.assert_array_equal(ours[:, 1], theirs[:, 1])
     # Weights: Adam's step is about lr whatever the gradient's size, so float noise in a near-zero
     # gradient can flip a weight's step; compare the difference with how far the weights moved.

@@ -228,3 +228,20 @@ def test_decode_predictions_equals_keras(monkeypatch):
     np.testing.assert_array_equal([[r[2] for r in row] for row in got], [[r[2] for r in row] for row in want])
     with pytest.raises(ValueError, match=r"\(N, 1000\), got shape \(2, 10\)"):
         decode_predictions(np.zeros((2, 10)))
+
+
+def test_vgg16_nested_in_a_sequential_ports_its_conv_base(tmp_path):
+    """A fine-tuned Sequential([VGG16, Flatten, Dense, Dense]) keeps VGG16's 13 conv layers under
+    layers/functional/layers/: they port (with or without recorded names); the head is not VGG's top."""
+    base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3))
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), base, keras.layers.Flatten(),
+                              keras.layers.Dense(8), keras.layers.Dense(1)])
+    path = tmp_path / "finetuned.weights.h5"
+    model.save_weights(path)
+    with h5py.File(path) as f:
+        assert "conv2d" in f["layers/functional/layers"] and "conv2d" not in f["layers"]
+    want = np.asarray(base(images(), training=False))
+    for p in (path, _anonymous(path, tmp_path)):
+        variables, arch = port_file(p)
+        assert arch == "vgg16" and len(variables["params"]) == 13 and "fc1" not in variables["params"]
+        assert rel_err(outputs(pretrained_variables("vgg16", str(p), False), False), want) < 1e-5

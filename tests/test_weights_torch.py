@@ -143,3 +143,52 @@ def test_not_a_pth_and_truncated_files(reference, tmp_path):
         read_pth(cut)
     with pytest.raises(KeyError, match="layer block1_conv1 needs 'features.0.bias'"):
         port_file(whole, arch="vgg16")
+
+
+def test_training_checkpoints_are_unwrapped(reference, tmp_path):
+    """{"epoch": ..., "state_dict": ..., "optimizer": ...} reads as the state dict it nests."""
+    state = {k: v for k, v in reference[0].state_dict().items() if k.startswith("features.")}
+    for key in ("state_dict", "model_state_dict", "model"):
+        path = tmp_path / f"{key}.pth"
+        torch.save({"epoch": 3, key: state, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}}, path)
+        got = read_pth(path)
+        assert sorted(got) == sorted(state), key
+        np.testing.assert_array_equal(got["features.28.weight"], state["features.28.weight"].numpy())
+        assert port_file(path)[1] == "vgg16"
+
+
+def test_hostile_file_does_not_change_later_loads(tmp_path):
+    """A pickle BUILD on the torch.FloatStorage stand-in is refused; the next file reads float32."""
+    from pathlib import Path
+    path = tmp_path / "w.pth"
+    w = torch.linspace(-1, 1, 6).reshape(2, 3)
+    torch.save({"w": w}, path)
+    poison = Path(__file__).parent / "fixtures" / "hostile" / "poison_build.pth"
+    with pytest.raises(UnsafePickleError, match=r"poison_build.pth: refusing a pickle BUILD on torch\.FloatStorage"):
+        read_pth(poison)
+    got = read_pth(path)["w"]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, w.numpy())
+
+
+def test_expanded_and_empty_tensors_and_deflated_archives(tmp_path):
+    """torch.save writes an expanded tensor as a zero stride over a small storage: refused, since
+    a tiny file would otherwise allocate without bound. Empty tensors read; a re-zipped (deflated)
+    archive reads the same numbers, streamed."""
+    from minicnn.weights.torch_pth import CorruptWeightsError
+    expanded = tmp_path / "expanded.pth"
+    torch.save({"e": torch.ones(1).expand(1000)}, expanded)
+    with pytest.raises(CorruptWeightsError, match=r"expanded.pth: tensor e: shape \(1000,\) has 1000 elements, "
+                                                  r"its storage 0 holds 1"):
+        read_pth(expanded)
+    plain, deflated = tmp_path / "plain.pth", tmp_path / "deflated.pth"
+    state = {"empty": torch.zeros(0, 3), "w": torch.randn(64, 32), "t": torch.randn(8, 5).t()}
+    torch.save(state, plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    for path in (plain, deflated):
+        got = read_pth(path)
+        assert got["empty"].shape == (0, 3)
+        for k in ("w", "t"):
+            np.testing.assert_array_equal(got[k], state[k].numpy(), err_msg=f"{path.name} {k}")

@@ -104,7 +104,8 @@ def test_compute_dtype_by_argument_field_and_scope():
         assert ops.conv2d(x, k).dtype == jnp.bfloat16 and ops.dense(x[:, 0, 0], w).dtype == jnp.bfloat16
         assert ops.conv2d(x, k, dtype="float32").dtype == jnp.float32  # an explicit dtype wins
     assert ops.get_compute_dtype() is None and ops.conv2d(x, k).dtype == jnp.float32
-    for layer in (Conv2D(4, 3, dtype="bfloat16"), DepthwiseConv2D(3, dtype="bfloat16"), Dense(4, dtype="bfloat16")):
+    for layer in (Conv2D(4, 3, dtype="bfloat16"), DepthwiseConv2D(3, dtype="bfloat16"),
+                  Dense(4, dtype="bfloat16")):
         variables = layer.init(jax.random.key(0), x)
         assert layer.apply(variables, x).dtype == jnp.bfloat16
         assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))  # parameters stay float32

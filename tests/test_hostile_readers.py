@@ -4,7 +4,8 @@ right numbers. No torch needed: the files are written opcode by opcode (fixtures
 
 Every hostile read runs in one child process (sys.executable) under RLIMIT_AS = 1.5 GiB, so an
 out-of-bounds read, an allocation of gigabytes or a segfault shows up as a failed case, not as a
-crashed test run. The child reports each case as one JSON line as soon as it is done.
+crashed test run. The child reports each case (outcome, seconds, resident peak so far, the legit
+file's numbers read right after) as one JSON line as soon as it is done.
 """
 
 import importlib.util
@@ -18,6 +19,7 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hostile"
 ADDRESS_SPACE = 1536 * 2**20  # bytes: the child's whole address space, imports included
+PEAK_RSS = 640 * 2**20  # bytes: the child's resident peak (about 180 MB after importing minicnn)
 DEADLINE = 20  # seconds per case
 SECRET = b"TOPSECRET-local-bytes-"
 
@@ -40,8 +42,8 @@ CASES = {
        for kind, pattern in [("negative_stride", "size .*stride .*non-negative"),
                              ("negative_offset", "size .*offset .*non-negative"),
                              ("huge_negative_stride", "size .*stride .*non-negative"),
-                             ("scalar_past_end", r"shape \(\), stride \(\) from offset 4096 reads element 4096 of "
-                                                 r"storage 0, which holds 1")]},
+                             ("scalar_past_end", (r"shape \(\), stride \(\) from offset 4096 reads element "
+                                                  r"4096 of storage 0, which holds 1"))]},
     # 4. a pickle BUILD on a stand-in
     "poison_build.pth": ("read_pth", "UnsafePickleError", r"refusing a pickle BUILD on torch\.FloatStorage"),
     # 5. tiny files that ask for gigabytes
@@ -53,8 +55,8 @@ CASES = {
     "declared_bytes.pth": ("read_pth", "CorruptWeightsError", r"the pickle is truncated or corrupt"),
     "memo_index.pth": ("read_pth", "CorruptWeightsError", r"memo index 2147483647"),
     "unwritten.h5": ("port_file", "CorruptWeightsError",
-                     r"dataset /block1_conv1/block1_conv1/kernel:0 declares \(65536, 65536, 4\) float32 "
-                     r"\(68719476736 bytes\) but stores 0"),
+                     (r"dataset /block1_conv1/block1_conv1/kernel:0 declares \(65536, 65536, 4\) float32 "
+                      r"\(68719476736 bytes\) but stores 0")),
     # 6. HDF5 datasets whose bytes live in other files
     "external.h5": ("port_file", "CorruptWeightsError", r"kernel:0 keeps its bytes in external file"),
     "virtual.h5": ("port_file", "CorruptWeightsError", r"kernel:0 is a virtual dataset"),
@@ -102,7 +104,7 @@ def outcomes(tmp_path_factory):
     jobs = [(CASES[name][0], str(path)) for name, path in files.items()]
     proc = subprocess.run([sys.executable, "-c", CHILD.format(limit=ADDRESS_SPACE),
                            str(FIXTURES / "legit.pth"), json.dumps(jobs)],
-                          capture_output=True, text=True, timeout=DEADLINE * len(jobs))
+                          check=False, capture_output=True, text=True, timeout=DEADLINE * len(jobs))
     reports = {Path(r["path"]).name: r for r in map(json.loads, proc.stdout.splitlines())}
     died = {"died": f"the reader process exited with {proc.returncode}: {proc.stderr[-2000:]}"}
     return {name: reports.get(name, died) for name in CASES}
@@ -120,7 +122,7 @@ def test_hostile_file_gets_one_clear_error_within_bounds(outcomes, case):
     import re
     assert re.search(pattern, message), message
     assert report["seconds"] < DEADLINE
-    assert report["peak_rss"] < ADDRESS_SPACE
+    assert report["peak_rss"] < PEAK_RSS
     np.testing.assert_array_equal(report["legit_after"], make.LEGIT_VALUES.reshape(2, 3))
 
 

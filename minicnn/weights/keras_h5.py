@@ -29,7 +29,7 @@ import numpy as np
 
 from minicnn.weights.torch_pth import MAX_INFLATION, CorruptWeightsError
 
-__all__ = ["read_keras_h5", "read_keras3_weights", "keras3_layers", "is_legacy_h5", "is_keras3_weights"]
+__all__ = ["is_keras3_weights", "is_legacy_h5", "keras3_layers", "read_keras3_weights", "read_keras_h5"]
 
 _ROLES = {"kernel": "kernel", "W": "kernel", "depthwise_kernel": "kernel", "bias": "bias", "b": "bias",
           "gamma": "gamma", "beta": "beta", "moving_mean": "moving_mean", "running_mean": "moving_mean",
@@ -70,7 +70,7 @@ def weight_role(layer: str, weight_name: str) -> str:
     return _ROLES[name]
 
 
-def read_dataset(f: h5py.File, dset, where: str) -> np.ndarray:
+def _read_dataset(f: h5py.File, dset, where: str) -> np.ndarray:
     """The numbers of ``dset``, a dataset of the open file ``f``, once they are shown to be this file's
     bytes (no external storage, virtual dataset or link into another file) and the file stores as
     many bytes as the shape declares (``MAX_INFLATION`` times fewer when compressed)."""
@@ -121,7 +121,7 @@ def read_keras_h5(path: str | os.PathLike) -> dict:
             for wn in map(_text, group.attrs.get("weight_names", [])):
                 if wn not in group:
                     raise ValueError(f"{path}: layer {layer} lists weight {wn!r} but has no such dataset")
-                _put(variables, layer, weight_role(layer, wn), read_dataset(f, group[wn], str(path)), str(path))
+                _put(variables, layer, weight_role(layer, wn), _read_dataset(f, group[wn], str(path)), str(path))
     return {k: v for k, v in variables.items() if v or k == "params"}
 
 
@@ -195,5 +195,5 @@ def _read_keras3_pairs(f: h5py.File, path, groups: list, layers: Sequence[tuple[
             raise ValueError(f"{path}: {group_name} ({layer}) has {len(vars_)} variables, "
                              f"a {kind} has at most {len(roles)}")
         for role, dset in zip(roles, vars_):
-            _put(variables, layer, role, read_dataset(f, dset, str(path)), str(path))
+            _put(variables, layer, role, _read_dataset(f, dset, str(path)), str(path))
     return {k: v for k, v in variables.items() if v or k == "params"}

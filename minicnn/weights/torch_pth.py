@@ -32,7 +32,7 @@ from pathlib import Path
 import ml_dtypes  # a JAX dependency: NumPy's bfloat16
 import numpy as np
 
-__all__ = ["read_pth", "UnsafePickleError", "CorruptWeightsError", "MAX_INFLATION"]
+__all__ = ["MAX_INFLATION", "CorruptWeightsError", "UnsafePickleError", "read_pth"]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
@@ -70,7 +70,7 @@ class _StandIn:
 class _StorageType(_StandIn):
     """Stands in for ``torch.FloatStorage`` & co: only its element dtype is used."""
 
-    __slots__ = ("name", "dtype")
+    __slots__ = ("dtype", "name")
 
     def __init__(self, where: str, name: str):
         self.where, self.name, self.dtype = where, name, np.dtype(_DTYPES[name])
@@ -82,7 +82,7 @@ class _StorageType(_StandIn):
 class _Storage(_StandIn):
     """A flat buffer of one dtype: ``capacity`` elements are in the file; ``data`` holds those read."""
 
-    __slots__ = ("key", "dtype", "capacity", "data")
+    __slots__ = ("capacity", "data", "dtype", "key")
 
     def __init__(self, where: str, key: str, dtype: np.dtype, capacity: int):
         self.where, self.key, self.dtype, self.capacity, self.data = where, key, dtype, capacity, None
@@ -94,7 +94,7 @@ class _Storage(_StandIn):
 class _Tensor(_StandIn):
     """``_rebuild_tensor_v2``'s arguments, unchecked: :func:`_checked_extent` validates them."""
 
-    __slots__ = ("storage", "offset", "size", "stride")
+    __slots__ = ("offset", "size", "storage", "stride")
 
     def __init__(self, where, storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
         self.where, self.storage, self.offset, self.size, self.stride = where, storage, offset, size, stride
@@ -106,7 +106,7 @@ class _Tensor(_StandIn):
 class _Rebuild(_StandIn):
     """Stands in for a ``torch._utils`` rebuild function."""
 
-    __slots__ = ("name", "function")
+    __slots__ = ("function", "name")
 
     def __init__(self, where: str, name: str, function):
         self.where, self.name, self.function = where, name, function
@@ -199,15 +199,12 @@ def _pickle_bytes(f, end: int, where: str) -> bytes:
     memo index must be one a pickler writes (the C unpickler allocates both before reading)."""
     start = f.tell()
     try:
-        for count, (op, arg, _) in enumerate(pickletools.genops(_Bounded(f, end))):
-            if op.name in _MEMO_PUTS and arg > count:
-                break
-        else:
-            op = None
+        ops = list(pickletools.genops(_Bounded(f, end)))
     except ValueError as e:  # a length past the end, an unknown opcode, no STOP
         raise CorruptWeightsError(f"{where}: the pickle is truncated or corrupt: {e}") from None
-    if op is not None:
-        raise CorruptWeightsError(f"{where}: the pickle stores memo index {arg} after {count} opcodes; "
+    bad = next(((arg, n) for n, (op, arg, _) in enumerate(ops) if op.name in _MEMO_PUTS and arg > n), None)
+    if bad is not None:
+        raise CorruptWeightsError(f"{where}: the pickle stores memo index {bad[0]} after {bad[1]} opcodes; "
                                   f"a pickler numbers them in order, so the file is corrupt")
     stop = f.tell()
     f.seek(start)

@@ -16,7 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minicnn.data import BadImageError, image_dataset_from_directory, list_image_files, load_image
+from minicnn.data import (
+    BadImageError,
+    image_dataset_from_directory,
+    list_image_files,
+    load_image,
+)
 
 SIZE = (8, 8)
 DEADLINE_S = 30

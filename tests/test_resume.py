@@ -133,7 +133,7 @@ def no_host_copies():
 
             def guarded(a, *args, _original=original, _name=name, **kwargs):
                 if isinstance(a, jax.Array):
-                    raise AssertionError(f"np.{_name} copied a device array to the host")
+                    raise AssertionError(f"np.{_name} copied a device array to the host")  # noqa: TRY004
                 return _original(a, *args, **kwargs)
 
             patch.setattr(np, name, guarded)
@@ -149,7 +149,7 @@ def test_augment_then_preprocess_stays_on_device():
     x, y = _images()
     data = from_arrays(x, y, batch_size=5, seed=0).map(AUG, seed=0).map(lambda b: b / 127.5 - 1)
     with no_host_copies():
-        xb, yb = next(iter(data))
+        xb, _ = next(iter(data))
     assert isinstance(xb, jax.Array) and xb.dtype == np.float32 and xb.shape == (5, 16, 16, 3)
     assert float(xb.min()) >= -1 and float(xb.max()) <= 1
 

@@ -6,8 +6,8 @@ import collections
 import os
 import warnings
 from collections.abc import Sequence
-from typing import NamedTuple
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image

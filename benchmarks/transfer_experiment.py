@@ -16,25 +16,20 @@ import shutil
 import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from minicnn.data import from_arrays
-from minicnn.models import PRETRAINED
 from minicnn.transfer import experiment, extract_features
-from minicnn.weights import preprocess_input, registry
+from minicnn import pretrained
 
 
 def cache_timing(model: str, size: int, seed: int) -> dict:
     """Seconds of ``extract_features`` over the 200 images: computed and stored, then read back."""
-    cls, entry, _ = PRETRAINED[model]
-    mode = registry()[entry]["preprocessing"]
-    base = cls(include_top=False, weights="imagenet", pooling="avg")
-    variables = jax.jit(base.init)(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
+    base, variables, preprocess = pretrained(model, include_top=False, pooling="avg",
+                                             input_shape=(size, size, 3))
     x_tr, y_tr, x_te, y_te = experiment.lfw_split(size, 50, seed)
     data = from_arrays(np.concatenate([x_tr, x_te]), np.concatenate([y_tr, y_te]), batch_size=25,
-                       shuffle=False).map(lambda x: preprocess_input(x, mode))
+                       shuffle=False).map(preprocess)
     cache_dir = tempfile.mkdtemp(prefix="minicnn-features-")
     try:
         seconds = []

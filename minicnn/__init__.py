@@ -1,7 +1,24 @@
-"""minicnn: small-data image classification in JAX, Flax and optax, numerically matching Keras."""
+"""minicnn: small-data image classification in JAX, Flax and optax, numerically matching Keras.
 
-from minicnn import layers, ops
+Importing minicnn does nothing but define names: subpackages load when first used, and no JAX backend
+starts until a computation runs.
+"""
+
+import importlib
+
+# eager: the submodule minicnn.summary would otherwise shadow the function minicnn.summary
 from minicnn.summary import count_params, summary
 
 __version__ = "0.1.0"
-__all__ = ["layers", "ops", "count_params", "summary"]
+__all__ = ["layers", "ops", "models", "masks", "inspector", "data", "augment", "weights", "train", "transfer",
+           "viz", "parallel", "count_params", "summary", "pretrained", "init"]
+
+_FUNCTIONS = {"pretrained": "minicnn.weights.pretrained", "init": "minicnn.weights.pretrained"}
+
+
+def __getattr__(name):
+    if name in _FUNCTIONS:
+        return getattr(importlib.import_module(_FUNCTIONS[name]), name)
+    if name in __all__:
+        return importlib.import_module(f"minicnn.{name}")
+    raise AttributeError(f"module 'minicnn' has no attribute {name!r}")

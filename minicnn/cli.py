@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-PRETRAINED_MODELS = ("efficientnet_lite0", "vgg16", "vgg19")
-MODELS = PRETRAINED_MODELS + ("small_convnet", "mnist_convnet")
+PRETRAINED_MODELS = ("efficientnet_lite0", "vgg16", "vgg19")  # = models.registry.pretrained_names(), kept
+MODELS = PRETRAINED_MODELS + ("small_convnet", "mnist_convnet")      # literal so that --help imports no JAX
 RECIPES = ("scratch", "features", "features-aug", "fine-tune")
 
 
@@ -66,12 +66,14 @@ def _model(name: str, weights: str | None, include_top: bool = True):
     import jax.numpy as jnp
 
     from minicnn import models
-    if name in PRETRAINED_MODELS and weights is not None:
-        p = models.pretrained(name, weights, include_top)
-        return p.model, p.variables, p.preprocess, p.input_size
+    from minicnn.weights import pretrained
     if name in PRETRAINED_MODELS:
-        cls, _, size = models.PRETRAINED[name]
-        model, shape = cls(include_top=include_top), (size, size, 3)
+        size = models.architecture(name).input_size
+    if name in PRETRAINED_MODELS and weights is not None:
+        p = pretrained(name, include_top, weights)
+        return p.model, p.variables, p.preprocess, size
+    if name in PRETRAINED_MODELS:
+        model, shape = models.architecture(name).build(include_top=include_top), (size, size, 3)
     elif name == "small_convnet":
         model = models.small_convnet()
         shape = model.input_shape
@@ -188,7 +190,6 @@ def cmd_train(args) -> int:
     from minicnn.data import image_dataset_from_directory, list_image_files
     from minicnn.train import CSVLogger
     from minicnn.transfer import recipes
-    from minicnn.transfer.experiment import UNFREEZE_FROM
     if not Path(args.data_dir).is_dir():
         raise CLIError(f"no such data directory: {args.data_dir}")
     out = Path(args.out)
@@ -209,9 +210,9 @@ def cmd_train(args) -> int:
         history = recipes.train_from_scratch(model, train, val, epochs=args.epochs, augment=augmenter,
                                              preprocess=lambda x: x / 255.0, **common)
     else:
-        cls, entry, _ = models.PRETRAINED[args.model]
-        mode = weights.registry()[entry]["preprocessing"]
-        base = cls(include_top=False, weights="imagenet", input_shape=(*size, 3))
+        arch = models.architecture(args.model)
+        mode = weights.preprocessing(args.model)
+        base = arch.build(include_top=False, weights="imagenet", input_shape=(*size, 3))
         prep = dict(preprocess=lambda x: weights.preprocess_input(x, mode))
         if args.recipe == "features":
             history = recipes.feature_extraction(base, train, val, epochs=args.epochs,
@@ -220,7 +221,7 @@ def cmd_train(args) -> int:
             history = recipes.feature_extraction_with_augmentation(base, train, val, epochs=args.epochs,
                                                                    augment=augmenter, **prep, **common)
         else:
-            history = recipes.fine_tune(base, train, val, unfreeze_from=UNFREEZE_FROM[args.model],
+            history = recipes.fine_tune(base, train, val, unfreeze_from=arch.unfreeze_from,
                                         epochs=(args.epochs, args.epochs), augment=augmenter, **prep, **common)
     weights.save(jax.device_get(history.trainer.variables), out / "model")
     history.save(out / "history.json")

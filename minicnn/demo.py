@@ -17,10 +17,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
-LAYERS = {  # (filter-pattern layer, activation layer) per model
-    "efficientnet_lite0": ("block3a_expand_conv", "block2a_expand_conv"),
-    "vgg16": ("block3_conv1", "block1_conv2"),
-}
 ESPRESSO = 967
 
 
@@ -45,10 +41,10 @@ def _save(image: Image.Image, out: Path, name: str, figures: list, caption: str)
     figures.append((name, caption))
 
 
-def _prediction_figures(p, images, out, figures, summary):
+def _prediction_figures(p, size, images, out, figures, summary):
     from minicnn import viz
     from minicnn.weights import decode_predictions
-    x = np.stack([_resize(img, p.input_size, p.input_size) for img in images.values()])
+    x = np.stack([_resize(img, size, size) for img in images.values()])
     probs = np.asarray(p.model.apply(p.variables, p.preprocess(x)))
     decoded = decode_predictions(probs, top=5)
     for (name, img), top5 in zip(images.items(), decoded):
@@ -58,9 +54,9 @@ def _prediction_figures(p, images, out, figures, summary):
     return probs
 
 
-def _gradcam_figures(p, images, probs, out, figures, summary):
+def _gradcam_figures(p, size, images, probs, out, figures, summary):
     from minicnn import viz
-    pair = composite(images["chelsea"], images["coffee"], p.input_size)
+    pair = composite(images["chelsea"], images["coffee"], size)
     cat = int(np.argmax(probs[0]))  # the model's own top class for the cat photo
     maps = np.asarray(viz.grad_cam(p.model, p.variables, p.preprocess(np.stack([pair, pair])),
                                    class_index=np.array([cat, ESPRESSO])))
@@ -71,12 +67,12 @@ def _gradcam_figures(p, images, probs, out, figures, summary):
               f"Grad-CAM for '{label}' on chelsea | coffee: {left:.0%} of the map on the left half")
 
 
-def _inside_figures(p, model_name, images, quick, out, figures, seed):
+def _inside_figures(p, arch, images, quick, out, figures, seed):
     import jax
 
     from minicnn import viz
-    filter_layer, act_layer = LAYERS[model_name]
-    x = p.preprocess(_resize(images["chelsea"], p.input_size, p.input_size)[None])
+    filter_layer, act_layer = arch.demo_layers
+    x = p.preprocess(_resize(images["chelsea"], arch.input_size, arch.input_size)[None])
     acts = viz.activations(p.model, p.variables, x, layers=[act_layer])
     _save(viz.plot_activations(acts, act_layer, images_per_row=16), out, "activations.png", figures,
           f"Every channel of {act_layer} for the cat photo")
@@ -140,7 +136,9 @@ Finished in {seconds:.0f} s.</p>{table}<h2>Figures</h2>{figs}</body></html>
 def run_demo(out: str | Path = "minicnn_demo", model: str = "efficientnet_lite0", quick: bool = False,
              seed: int = 0) -> dict:
     """Run the whole demo; returns the summary dict (also written to ``summary.json``)."""
-    from minicnn.models import pretrained
+    from minicnn.models import architecture
+    from minicnn.weights import pretrained
+    arch = architecture(model)
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,13 +152,13 @@ def run_demo(out: str | Path = "minicnn_demo", model: str = "efficientnet_lite0"
         bar.set_postfix_str(stage)
         if stage == "load pretrained weights":
             p = pretrained(model)
-            summary["weights"] = str(p.weights)
+            summary["weights"] = arch.imagenet
         elif stage == "ImageNet predictions":
-            probs = _prediction_figures(p, images, out, figures, summary)
+            probs = _prediction_figures(p, arch.input_size, images, out, figures, summary)
         elif stage == "Grad-CAM":
-            _gradcam_figures(p, images, probs, out, figures, summary)
+            _gradcam_figures(p, arch.input_size, images, probs, out, figures, summary)
         elif stage == "activations and filters":
-            _inside_figures(p, model, images, quick, out, figures, seed)
+            _inside_figures(p, arch, images, quick, out, figures, seed)
         elif stage == "augmentation":
             _augmentation_figure(images, out, figures, seed)
         elif stage == "small-data comparison":

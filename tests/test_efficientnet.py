@@ -38,7 +38,7 @@ def photos():
 def logits(photos):
     model = EfficientNetLite0(weights="imagenet", classifier_activation=None)
     x = jnp.asarray(preprocess_input(photos, "tf"))
-    variables = jax.jit(model.init)(jax.random.key(0), x[:1])  # jit: eager init compiles op by op
+    variables = minicnn.init(model, jax.random.key(0), x[:1])  # the ported weights, as data
     return np.asarray(jax.jit(model.apply)(variables, x)), variables
 
 
@@ -82,7 +82,7 @@ def test_counts_and_batch_stats(logits):
 def test_new_head_on_pretrained_base_is_initialised_normally():
     base = EfficientNetLite0(include_top=False, weights="imagenet", pooling="avg")
     model = Sequential([base, Dense(3)], input_shape=(64, 64, 3))
-    variables = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 64, 64, 3)))
+    variables = minicnn.init(model, jax.random.key(1), jnp.zeros((1, 64, 64, 3)))
     pretrained = pretrained_variables("efficientnet_lite0", "imagenet", False)
     np.testing.assert_array_equal(variables["params"]["efficient_net_lite0"]["top_conv"]["kernel"],
                                   pretrained["params"]["top_conv"]["kernel"])

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 import minicnn
-from minicnn.summary import path_str
+from minicnn.masks import path_str
 from minicnn.layers import Dense, Dropout, Flatten, Sequential
 from minicnn.models import VGG16, VGG19, mnist_convnet, small_convnet
 

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from minicnn.layers import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
-from minicnn.transfer import check_frozen, count_params, masked, trainable_mask
+from minicnn.transfer import check_frozen, count_params, freeze, trainable_mask
 
 MODEL = Sequential([Conv2D(4, 3, activation="relu"), MaxPooling2D(2), Conv2D(4, 3, activation="relu"),
                     Flatten(), Dense(8, activation="relu"), Dense(1)], input_shape=(10, 10, 3))
@@ -50,7 +50,7 @@ def n_elements(tree):
 def test_frozen_bit_identical_with_adamw_and_clipping():
     params, mask, x, y = setup()
     inner = optax.chain(optax.clip_by_global_norm(0.1), optax.adamw(1e-2, weight_decay=0.5))
-    tx = masked(inner, mask)
+    tx = freeze(inner, mask)
     check_frozen(tx, params, mask)
     new, state = train(tx, params, x, y)
     for old, now, m in zip(*map(jax.tree_util.tree_leaves, (params, new, mask))):
@@ -83,8 +83,8 @@ def test_frozen_bit_identical_with_adamw_and_clipping():
 def test_new_phase_rebuilds_optimizer_not_params():
     params, mask, x, y = setup()
     head_only = trainable_mask({"params": params}, layers=["dense", "dense_1"])
-    p1, _ = train(masked(optax.adam(1e-2), head_only), params, x, y, steps=2)
-    p2, state = train(masked(optax.adam(1e-5), mask), p1, x, y, steps=2)
+    p1, _ = train(freeze(optax.adam(1e-2), head_only), params, x, y, steps=2)
+    p2, state = train(freeze(optax.adam(1e-5), mask), p1, x, y, steps=2)
     assert not np.array_equal(p1["conv2d_1"]["kernel"], p2["conv2d_1"]["kernel"])
     np.testing.assert_array_equal(p1["conv2d"]["kernel"], p2["conv2d"]["kernel"])
     assert n_elements(optax.tree_utils.tree_get(state, "mu")) == count_params({"params": params}, mask)[1]
@@ -92,14 +92,14 @@ def test_new_phase_rebuilds_optimizer_not_params():
 
 def broken_chains(mask):
     inverse = jax.tree_util.tree_map(lambda m: not m, mask)
-    freeze = optax.masked(optax.set_to_zero(), inverse)
+    zero_frozen = optax.masked(optax.set_to_zero(), inverse)
     return {
-        "weight decay after the freeze": (optax.chain(masked(optax.adam(1e-3), mask),
+        "weight decay after the freeze": (optax.chain(freeze(optax.adam(1e-3), mask),
                                                       optax.add_decayed_weights(0.1)), "would move"),
-        "freeze before adamw": (optax.chain(freeze, optax.adamw(1e-3, weight_decay=0.1)), "would move"),
-        "global clipping outside": (optax.chain(optax.clip_by_global_norm(1.0), masked(optax.adam(1e-3), mask)),
+        "freeze before adamw": (optax.chain(zero_frozen, optax.adamw(1e-3, weight_decay=0.1)), "would move"),
+        "global clipping outside": (optax.chain(optax.clip_by_global_norm(1.0), freeze(optax.adam(1e-3), mask)),
                                     "depends on frozen gradients"),
-        "freeze after the optimizer": (optax.chain(optax.adam(1e-3), freeze), "state holds"),
+        "freeze after the optimizer": (optax.chain(optax.adam(1e-3), zero_frozen), "state holds"),
     }
 
 
@@ -116,10 +116,10 @@ def test_mask_must_cover_every_parameter_once():
     params, mask, _, _ = setup()
     partial = {k: v for k, v in mask.items() if k != "dense_1"}
     with pytest.raises(ValueError, match=r"parameters without a label \['dense_1/bias', 'dense_1/kernel'\]"):
-        masked(optax.adam(1e-3), partial).init(params)
+        freeze(optax.adam(1e-3), partial).init(params)
     extra = {**mask, "dense_9": {"kernel": True}}
     with pytest.raises(ValueError, match=r"no parameter \['dense_9/kernel'\]"):
-        masked(optax.adam(1e-3), extra).init(params)
+        freeze(optax.adam(1e-3), extra).init(params)
     arrays = jax.tree_util.tree_map(lambda m: jnp.asarray(m), mask)
     with pytest.raises(TypeError, match="Python bools"):
-        masked(optax.adam(1e-3), arrays).init(params)
+        freeze(optax.adam(1e-3), arrays).init(params)

@@ -11,7 +11,7 @@ from minicnn.ops.kernels import gabor_kernel
 from minicnn.viz import (activations, blur, deprocess_image, filter_patterns, jitter, l2_decay, pad,
                          random_rotate, random_scale, total_variation)
 from minicnn.viz import filters as F
-from minicnn.viz.capture import forward_to
+from minicnn.inspector import forward_to
 
 SIZE = 32
 

@@ -211,16 +211,15 @@ def efficientnet(tmp_path_factory):
     from PIL import Image
     from skimage import data
 
-    from minicnn.weights import preprocess_input, pretrained_variables
+    import minicnn
+    from minicnn.weights import preprocess_input
     halves = [np.asarray(Image.fromarray(im).resize((224, 224), Image.BILINEAR), np.float32)
               for im in (data.chelsea(), data.coffee())]
     x = jnp.asarray(preprocess_input(np.concatenate(halves, axis=1)[None], "tf"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MINICNN_HOME", str(tmp_path_factory.mktemp("minicnn_home")))
-        pretrained_variables.cache_clear()
         model = models.EfficientNetLite0(weights="imagenet")
-        variables = jax.jit(model.init)(jax.random.key(0), x)
-        pretrained_variables.cache_clear()
+        variables = minicnn.init(model, jax.random.key(0), x)
     return model, variables, x
 
 

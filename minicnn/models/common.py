@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from minicnn import ops
 
 MIN_SIZE = 32  # five stride-2 stages: smaller inputs vanish before the last block
@@ -26,3 +28,17 @@ def check_images(model, x, channels: int = 3) -> None:
     if min(x.shape[1:3]) < MIN_SIZE:
         raise ValueError(f"{model.arch} input: height and width must be at least {MIN_SIZE}, "
                          f"got shape {tuple(x.shape)}")
+
+
+def warn_if_random(model) -> None:
+    """Warn (once per call site) when ``model.init`` runs on a module whose ``weights`` are set.
+
+    Keras' ``VGG16(weights="imagenet")`` comes with its weights; a Flax module is architecture only
+    and its ``init`` never reads a file (so ``jit``/``eval_shape`` of it stay pure). The pretrained
+    variables are data, loaded by ``minicnn.init(model, key, x)`` or ``minicnn.pretrained(name)``.
+    """
+    if model.weights is not None and model.is_initializing():
+        warnings.warn(f"{model.arch}(weights={model.weights!r}).init gives RANDOM weights: a minicnn model is "
+                      f"architecture only (Keras' model would come with its weights). Load them with "
+                      f"minicnn.init(model, key, x) or minicnn.pretrained({model.arch!r})", UserWarning,
+                      stacklevel=2)

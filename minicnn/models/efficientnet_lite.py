@@ -8,7 +8,7 @@ TensorFlow's "same" (the extra pixel after the image), as the ImageNet weights w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from string import ascii_lowercase
 
 import flax.linen as nn
@@ -23,10 +23,8 @@ from minicnn.layers import (
     Dropout,
     GlobalAveragePooling2D,
     GlobalMaxPooling2D,
-    from_array,
 )
-from minicnn.models.common import check_arguments, check_images
-from minicnn.models.vgg import layer_initializers
+from minicnn.models.common import check_arguments, check_images, warn_if_random
 
 # Stages of efficientnet_lite_builder.py: (expand_ratio, kernel_size, strides, filters_in,
 # filters_out, repeats). The first block of a stage strides and changes width, the rest repeat.
@@ -37,21 +35,15 @@ STEM_FILTERS, TOP_FILTERS = 32, 1280
 BN_EPSILON = 1e-3  # the TF value, carried by the PyTorch port (BatchNorm2d(eps=1e-3))
 
 
-def _conv_kwargs(pretrained, name, depthwise=False):
-    arg = "depthwise_initializer" if depthwise else "kernel_initializer"
-    return dict(use_bias=False, name=name, **layer_initializers(pretrained, name, ("kernel",), (arg,)))
+def _conv_kwargs(name):
+    return dict(use_bias=False, name=name)
 
 
-def _bn(pretrained: Mapping | None, name: str) -> BatchNormalization:
-    """BatchNormalization(epsilon=1e-3) loading gamma/beta and the moving statistics when given."""
-    init = layer_initializers(pretrained, name, ("gamma", "beta"), ("gamma_initializer", "beta_initializer"))
-    stats = (pretrained or {}).get("batch_stats", {}).get(name, {})
-    init.update({f"{leaf}_initializer": from_array(stats[leaf], f"{name}/{leaf}")
-                 for leaf in ("moving_mean", "moving_variance") if leaf in stats})
-    return BatchNormalization(epsilon=BN_EPSILON, name=name, **init)
+def _bn(name: str) -> BatchNormalization:
+    return BatchNormalization(epsilon=BN_EPSILON, name=name)
 
 
-def _mbconv(module, x, pretrained, prefix, expand_ratio, kernel_size, strides, filters_out,
+def _mbconv(module, x, prefix, expand_ratio, kernel_size, strides, filters_out,
             drop_rate, train):
     """Inverted residual block: 1x1 expand, depthwise kxk, 1x1 project, identity skip when shapes allow.
 
@@ -61,13 +53,13 @@ def _mbconv(module, x, pretrained, prefix, expand_ratio, kernel_size, strides, f
     inputs = x
     if expand_ratio != 1:
         x = Conv2D(x.shape[-1] * expand_ratio, 1, padding="same",
-                   **_conv_kwargs(pretrained, f"{prefix}_expand_conv"))(x)
-        x = ops.relu6(_bn(pretrained, f"{prefix}_expand_bn")(x, train=train))
+                   **_conv_kwargs(f"{prefix}_expand_conv"))(x)
+        x = ops.relu6(_bn(f"{prefix}_expand_bn")(x, train=train))
     x = DepthwiseConv2D(kernel_size, strides, padding="same",
-                        **_conv_kwargs(pretrained, f"{prefix}_dwconv", depthwise=True))(x)
-    x = ops.relu6(_bn(pretrained, f"{prefix}_bn")(x, train=train))
-    x = Conv2D(filters_out, 1, padding="same", **_conv_kwargs(pretrained, f"{prefix}_project_conv"))(x)
-    x = _bn(pretrained, f"{prefix}_project_bn")(x, train=train)
+                        **_conv_kwargs(f"{prefix}_dwconv"))(x)
+    x = ops.relu6(_bn(f"{prefix}_bn")(x, train=train))
+    x = Conv2D(filters_out, 1, padding="same", **_conv_kwargs(f"{prefix}_project_conv"))(x)
+    x = _bn(f"{prefix}_project_bn")(x, train=train)
     if strides != 1 or inputs.shape[-1] != filters_out:
         return x
     if train and drop_rate > 0:
@@ -82,8 +74,9 @@ class EfficientNetLite0(nn.Module):
     x: (N, H, W, 3) float32 with H, W >= 32, preprocessed as the weights expect
     (``minicnn.weights.preprocess_input(x, "torch")`` for ``weights="imagenet"``). Returns
     (N, classes) with ``include_top``, else (N, H/32, W/32, 1280), or (N, 1280) with ``pooling``.
-    ``weights``: None (random), ``"imagenet"`` or a path to a ``.pth``/checkpoint of this layout;
-    ``model.init(key, x)`` then returns the pretrained variables.
+    ``weights``: None (random), ``"imagenet"`` or a path to a ``.pth``/checkpoint of this layout: the
+    variables :func:`minicnn.init` (or :func:`minicnn.pretrained`) loads for it; ``model.init`` is
+    architecture only.
     """
     include_top: bool = True
     weights: str | None = None
@@ -106,28 +99,22 @@ class EfficientNetLite0(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         self._check(x)
-        pretrained = None
-        if self.weights is not None and self.is_initializing():
-            from minicnn.weights import (
-                pretrained_variables,  # weights imports models: import late
-            )
-            pretrained = pretrained_variables(self.arch, self.weights, self.include_top)
-        x = Conv2D(STEM_FILTERS, 3, 2, padding="same", **_conv_kwargs(pretrained, "stem_conv"))(x)
-        x = ops.relu6(_bn(pretrained, "stem_bn")(x, train=train))
+        warn_if_random(self)
+        x = Conv2D(STEM_FILTERS, 3, 2, padding="same", **_conv_kwargs("stem_conv"))(x)
+        x = ops.relu6(_bn("stem_bn")(x, train=train))
         n_blocks, i = sum(stage[-1] for stage in LITE0_STAGES), 0
         for s, (expand, k, strides, _, filters_out, repeats) in enumerate(LITE0_STAGES, start=1):
             for r in range(repeats):
-                x = _mbconv(self, x, pretrained, f"block{s}{ascii_lowercase[r]}", expand, k,
+                x = _mbconv(self, x, f"block{s}{ascii_lowercase[r]}", expand, k,
                             strides if r == 0 else 1, filters_out,
                             self.drop_connect_rate * i / n_blocks, train)
                 i += 1
-        x = Conv2D(TOP_FILTERS, 1, padding="same", **_conv_kwargs(pretrained, "top_conv"))(x)
-        x = ops.relu6(_bn(pretrained, "top_bn")(x, train=train))
+        x = Conv2D(TOP_FILTERS, 1, padding="same", **_conv_kwargs("top_conv"))(x)
+        x = ops.relu6(_bn("top_bn")(x, train=train))
         if self.include_top:
             x = GlobalAveragePooling2D(name="avg_pool")(x)
             x = Dropout(self.dropout_rate, name="top_dropout")(x, train=train)
-            x = Dense(self.classes, activation=self.classifier_activation, name="predictions",
-                      **layer_initializers(pretrained, "predictions"))(x)
+            x = Dense(self.classes, activation=self.classifier_activation, name="predictions")(x)
         elif self.pooling == "avg":
             x = GlobalAveragePooling2D(name="avg_pool")(x)
         elif self.pooling == "max":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import ClassVar
 
 import flax.linen as nn
@@ -14,24 +14,13 @@ from minicnn.layers import (
     GlobalAveragePooling2D,
     GlobalMaxPooling2D,
     MaxPooling2D,
-    from_array,
 )
-from minicnn.models.common import check_arguments, check_images
+from minicnn.models.common import check_arguments, check_images, warn_if_random
 
 # Convolutions per block; every block's convs have the same width, then a 2x2 max pool.
 VGG16_BLOCKS = (2, 2, 3, 3, 3)
 VGG19_BLOCKS = (2, 2, 4, 4, 4)
 WIDTHS = (64, 128, 256, 512, 512)
-
-
-def layer_initializers(pretrained: Mapping | None, name: str, leaves=("kernel", "bias"),
-                       keras_args=("kernel_initializer", "bias_initializer")) -> dict:
-    """Initialiser keyword arguments that load ``pretrained["params"][name]`` when it is there."""
-    params = (pretrained or {}).get("params", {})
-    if name not in params:
-        return {}
-    return {arg: from_array(params[name][leaf], f"{name}/{leaf}")
-            for leaf, arg in zip(leaves, keras_args) if leaf in params[name]}
 
 
 class VGG(nn.Module):
@@ -64,29 +53,20 @@ class VGG(nn.Module):
             raise ValueError(f'{self.arch} with include_top=True and weights="imagenet" needs 224x224 input, '
                              f"got shape {tuple(x.shape)}; use include_top=False for other sizes")
 
-    def _pretrained(self):
-        if self.weights is None:
-            return None
-        from minicnn.weights import (
-            pretrained_variables,  # weights imports models: import late
-        )
-        return pretrained_variables(self.arch, self.weights, self.include_top)
-
     @nn.compact
     def __call__(self, x, train: bool = False):
         self._check(x)
-        pretrained = self._pretrained() if self.is_initializing() else None
+        warn_if_random(self)
         for b, (n_convs, width) in enumerate(zip(self.blocks, WIDTHS), start=1):
             for i in range(1, n_convs + 1):
                 name = f"block{b}_conv{i}"
-                x = Conv2D(width, 3, padding="same", activation="relu", name=name,
-                           **layer_initializers(pretrained, name))(x)
+                x = Conv2D(width, 3, padding="same", activation="relu", name=name)(x)
             x = MaxPooling2D(2, name=f"block{b}_pool")(x)
         if self.include_top:
             x = Flatten(name="flatten")(x)
             for name, units, act in (("fc1", 4096, "relu"), ("fc2", 4096, "relu"),
                                      ("predictions", self.classes, self.classifier_activation)):
-                x = Dense(units, activation=act, name=name, **layer_initializers(pretrained, name))(x)
+                x = Dense(units, activation=act, name=name)(x)
         elif self.pooling == "avg":
             x = GlobalAveragePooling2D(name="global_average_pooling2d")(x)
         elif self.pooling == "max":
@@ -98,7 +78,8 @@ class VGG16(VGG):
     """Keras' ``keras.applications.VGG16``: 14,714,688 parameters without the top, 138,357,544 with it.
 
     ``weights``: None (random), ``"imagenet"`` or a path to a weight file that
-    :mod:`minicnn.weights` can port; ``model.init(key, x)`` then returns the pretrained variables.
+    :mod:`minicnn.weights` can port: the variables :func:`minicnn.init` (or
+    :func:`minicnn.pretrained`) loads for it; ``model.init`` is architecture only.
     """
     blocks = VGG16_BLOCKS
     arch = "vgg16"

@@ -1,12 +1,12 @@
 """Training: ``Trainer`` (fit/evaluate/predict), losses, metrics, optimizers, callbacks, history, checkpoints."""
 
-from minicnn.train import losses, metrics, optimizers, partition
+from minicnn.train import losses, metrics, optimizers
 from minicnn.train.callbacks import (Callback, CallbackList, CSVLogger, EarlyStopping, LearningRateScheduler,
                                      ModelCheckpoint, ProgbarLogger, ReduceLROnPlateau, TensorBoard,
                                      TerminateOnNaN)
 from minicnn.train.history import History, smooth_curve
 from minicnn.train.trainer import Trainer
 
-__all__ = ["Trainer", "History", "smooth_curve", "losses", "metrics", "optimizers", "partition", "Callback",
+__all__ = ["Trainer", "History", "smooth_curve", "losses", "metrics", "optimizers", "Callback",
            "CallbackList", "CSVLogger", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint", "ProgbarLogger",
            "ReduceLROnPlateau", "TensorBoard", "TerminateOnNaN"]

@@ -5,7 +5,7 @@ One jitted train step (state buffers donated) does forward, loss, gradient and o
 every step is compiled with :func:`minicnn.ops.jit` (minicnn's XLA options: on CPU, convolutions on
 Eigen rather than YNNPACK, measured faster, the backward pass more so).
 
-Freezing. ``trainable`` is a mask over ``params`` (see :mod:`minicnn.train.partition`): the step
+Freezing. ``trainable`` is a mask over ``params`` (see :mod:`minicnn.masks`): the step
 splits ``params`` into a trainable and a frozen part and differentiates the loss with respect to the
 trainable part only, with the frozen part as a constant, so XLA computes no gradient for frozen
 weights; the optimizer state covers the trainable part only (no Adam moments, no weight decay for
@@ -38,10 +38,9 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from minicnn import ops, parallel
+from minicnn import masks, ops, parallel
 from minicnn.layers import BatchNormalization
 from minicnn.train import checkpoint, losses as losses_lib, metrics as metrics_lib, optimizers
-from minicnn.train import partition
 from minicnn.train.callbacks import Callback, CallbackList, ProgbarLogger
 from minicnn.train.history import History
 
@@ -212,8 +211,8 @@ class Trainer:
         self._mask = mask
         if not self.built:
             return
-        self._flat_mask = partition.flat_mask(self.state["params"], mask)
-        trainable, _ = partition.split(self.state["params"], self._flat_mask)
+        self._flat_mask = masks.flat_mask(self.state["params"], mask)
+        trainable, _ = masks.split(self.state["params"], self._flat_mask)
         self.state["opt_state"] = _copy(self.tx.init(trainable))  # own buffers: the state is donated
         self.state = self._placed(self.state)
         self._train_step = self._make_train_step()
@@ -233,7 +232,7 @@ class Trainer:
     # ----------------------------------------------------------------- steps
     def _apply(self, params, batch_stats, x, train, rngs=None):
         """Forward pass; in training, layers whose parameters are all frozen run with train=False."""
-        frozen = partition.frozen_modules(self._flat_mask)
+        frozen = masks.frozen_modules(self._flat_mask)
 
         def freeze_bn(next_fun, args, kwargs, context):
             module = context.module
@@ -254,17 +253,17 @@ class Trainer:
 
         def step(state, x, y):
             rng, dropout_key = jax.random.split(state["rng"])
-            trainable, frozen = partition.split(state["params"], flat_mask)
+            trainable, frozen = masks.split(state["params"], flat_mask)
 
             def objective(trainable):
-                pred, batch_stats = self._apply(partition.merge(trainable, frozen), state["batch_stats"],
+                pred, batch_stats = self._apply(masks.merge(trainable, frozen), state["batch_stats"],
                                                 x, train=True, rngs={"dropout": dropout_key})
                 return jnp.mean(loss_fn(y, pred)), (pred, batch_stats)
 
             (loss, (pred, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
             updates, opt_state = tx.update(grads, state["opt_state"], trainable)
             trainable = optax.apply_updates(trainable, updates)
-            new_state = {"params": partition.merge(trainable, frozen), "batch_stats": batch_stats,
+            new_state = {"params": masks.merge(trainable, frozen), "batch_stats": batch_stats,
                          "opt_state": opt_state, "step": state["step"] + 1, "rng": rng}
             logs = {"loss": loss, **{k: jnp.mean(fn(y, pred)) for k, fn in metric_fns.items()}}
             return new_state, logs

@@ -20,20 +20,17 @@ import numpy as np
 
 from minicnn.augment import ImageAugmenter
 from minicnn.data import from_arrays
-from minicnn.models import PRETRAINED, small_convnet
+from minicnn.models import architecture, small_convnet
 from minicnn.train import History
 from minicnn.transfer.features import extract_features
 from minicnn.transfer.recipes import (feature_extraction, feature_extraction_with_augmentation, fine_tune,
                                       train_from_scratch)
-from minicnn.weights import preprocess_input, registry
+from minicnn.weights import init, preprocess_input, preprocessing
 
-__all__ = ["AUGMENT", "UNFREEZE_FROM", "lfw_split", "run"]
+__all__ = ["AUGMENT", "lfw_split", "run"]
 
 AUGMENT = ImageAugmenter(rotation_range=20, width_shift_range=0.1, height_shift_range=0.1, zoom_range=0.1,
                          horizontal_flip=True)
-# Fine-tuning opens the last stages: VGG16's block5 as in the lecture; EfficientNet-Lite0's
-# block6*, block7a and top_conv.
-UNFREEZE_FROM = {"efficientnet_lite0": "block6a_expand_conv", "vgg16": "block5_conv1", "vgg19": "block5_conv1"}
 
 
 def lfw_split(size: int, n_train: int, seed: int):
@@ -58,8 +55,8 @@ def run(model: str = "efficientnet_lite0", size: int = 96, n_train: int = 50, se
     lecture does), so its row times phase 2 only. ``scratch_epochs`` (default ``epochs``) lets the from-scratch convnet
     train longer, as it needs to.
     """
-    cls, entry, _ = PRETRAINED[model]
-    mode = registry()[entry]["preprocessing"]
+    arch = architecture(model)
+    mode = preprocessing(model)
 
     def prep(x):
         return preprocess_input(x, mode)
@@ -68,9 +65,9 @@ def run(model: str = "efficientnet_lite0", size: int = 96, n_train: int = 50, se
     train = lambda: from_arrays(x_tr, y_tr, batch_size=batch_size, seed=seed)  # noqa: E731
     # The same batch size everywhere: one compiled program per shape, shared by train and test.
     test = lambda: from_arrays(x_te, y_te, batch_size=batch_size, shuffle=False)  # noqa: E731
-    base = cls(include_top=False, weights="imagenet", pooling="avg")
+    base = arch.build(include_top=False, weights="imagenet", pooling="avg")
     t = time.perf_counter()
-    base_vars = jax.jit(base.init)(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
+    base_vars = init(base, jax.random.key(seed), jnp.zeros((1, size, size, 3)))
     load_s = time.perf_counter() - t
     rows, histories, trained, frozen_bn = [], {}, {}, {}
 
@@ -108,7 +105,7 @@ def run(model: str = "efficientnet_lite0", size: int = 96, n_train: int = 50, se
         return h, h.trainer.evaluate(test().map(prep))["accuracy"]
 
     def tuned():  # continues from the frozen-base model, as the lecture does
-        h = fine_tune(base, train(), test(), unfreeze_from=UNFREEZE_FROM[model], epochs=(epochs, epochs),
+        h = fine_tune(base, train(), test(), unfreeze_from=arch.unfreeze_from, epochs=(epochs, epochs),
                       learning_rates=(1e-4, 1e-5), augment=AUGMENT, preprocess=prep,
                       phase1=trained["features_aug"], seed=seed, verbose=verbose)
         return h, h.trainer.evaluate(test().map(prep))["accuracy"]
@@ -118,7 +115,7 @@ def run(model: str = "efficientnet_lite0", size: int = 96, n_train: int = 50, se
            epochs=scratch_epochs or epochs, lr=lr)
     record("features", "feature_extraction (cached features, no augmentation)", features, epochs=epochs, lr=lr)
     record("features_aug", "feature_extraction_with_augmentation (frozen base)", augmented, epochs=epochs, lr=lr)
-    record("fine_tune", f"fine_tune (the frozen-base model above, then from {UNFREEZE_FROM[model]})", tuned,
+    record("fine_tune", f"fine_tune (the frozen-base model above, then from {arch.unfreeze_from})", tuned,
            epochs=f"{epochs} + {epochs}", lr=f"{lr}, then 1e-5")
     return {"rows": rows, "histories": histories, "model": model, "preprocessing": mode, "size": size,
             "n_train": n_train, "n_test": len(y_te), "seed": seed, "batch_size": batch_size, "load_s": load_s,

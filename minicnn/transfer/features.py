@@ -20,8 +20,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from minicnn import ops
-from minicnn.summary import path_str
-from minicnn.viz.capture import forward_to, layer_infos, resolve
+from minicnn.masks import path_str
+from minicnn.inspector import forward_to, layer_infos, resolve
 
 __all__ = ["extract_features"]
 

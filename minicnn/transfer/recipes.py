@@ -25,7 +25,8 @@ from minicnn.data import from_arrays
 from minicnn.layers import Dense, Dropout, Flatten, Sequential
 from minicnn.train import History, Trainer, optimizers
 from minicnn.transfer.features import extract_features
-from minicnn.transfer.masks import trainable_mask
+from minicnn.masks import trainable_mask
+from minicnn.weights.pretrained import graft, init
 
 __all__ = ["train_from_scratch", "feature_extraction", "feature_extraction_with_augmentation", "fine_tune",
            "default_head", "pretrained_model"]
@@ -74,22 +75,16 @@ def pretrained_model(base: nn.Module, x, variables=None, head: Sequence[nn.Modul
                      classes: int = 1, seed: int = 0):
     """``(Sequential([base, *head]), its variables)`` for inputs like ``x`` (N, H, W, C).
 
-    The base's variables are ``variables`` when given (e.g. ported weights; the base is then
-    not initialised at all, which for VGG16 saves drawing 14.7M random numbers), else its own
-    initialisers' (pretrained with ``weights="imagenet"``); the head is initialised from ``seed``.
+    The base's variables are ``variables`` when given (e.g. ported weights), else what
+    :func:`minicnn.init` loads for it (pretrained with ``weights="imagenet"``); the head is
+    initialised from ``seed``.
     """
     model = Sequential([base, *(default_head(classes) if head is None else head)])
     keys = {"params": jax.random.key(seed), "dropout": jax.random.key(seed)}
     if variables is None:
-        return model, jax.jit(model.init)(keys, x)
-    names = model.layer_names()
-    top = Sequential([layer.clone(name=name) for layer, name in zip(model.layers[1:], names[1:])])
-    features = jax.eval_shape(lambda v, x: base.apply(v, x, train=False), variables, x)
-    full = jax.jit(top.init)(keys, jnp.zeros(features.shape, features.dtype))
-    full = {c: dict(full.get(c, {})) for c in set(full) | set(variables)}
-    for collection, tree in variables.items():
-        full[collection][names[0]] = tree
-    return model, full
+        return model, init(model, keys, x)
+    fresh = jax.device_get(jax.jit(model.init)(keys, x))
+    return model, graft(fresh, (model.layer_names()[0],), variables, "pretrained_model(variables=...)")
 
 
 def train_from_scratch(model: nn.Module, train, validation=None, *, epochs: int = 30, classes: int = 1,
@@ -111,8 +106,8 @@ def feature_extraction(base: nn.Module, train, validation=None, *, variables=Non
     ``history.trainer`` holds the head alone, taking features as input. ``optimizer``: a Keras
     name at ``learning_rate`` or an optax transform (with its own rate), in every recipe.
     """
-    base_vars = variables if variables is not None else jax.jit(base.init)(
-        jax.random.key(seed), _first_x(_prepared(train, preprocess=preprocess)))
+    base_vars = variables if variables is not None else init(
+        base, jax.random.key(seed), _first_x(_prepared(train, preprocess=preprocess)))
 
     def features(data, shuffle):
         f, y = extract_features(base, base_vars, _prepared(data, preprocess=preprocess), cache_dir=cache_dir,

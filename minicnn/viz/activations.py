@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 
-from minicnn.viz import capture
+from minicnn import inspector
 
 __all__ = ["activations", "layer_names"]
 
@@ -16,7 +16,7 @@ def layer_names(model: nn.Module, variables: Mapping, images) -> list[str]:
 
     images: (N, H, W, C) float32, an example input (only its shape is used).
     """
-    return [i.path for i in capture.layer_infos(model, variables, images) if i.leaf]
+    return [i.path for i in inspector.layer_infos(model, variables, images) if i.leaf]
 
 
 def activations(model: nn.Module, variables: Mapping, images, layers: Sequence[str] | None = None) -> dict:
@@ -26,9 +26,9 @@ def activations(model: nn.Module, variables: Mapping, images, layers: Sequence[s
     as the lecture's ``activation_model``; outputs are (N, H', W', C') for conv and pooling layers.
     Keys are the names as given.
     """
-    infos = capture.layer_infos(model, variables, images)
+    infos = inspector.layer_infos(model, variables, images)
     if layers is None:
-        layers = [i.path for i in infos if i.leaf and len(i.shape) == 4]
-    paths = {name: capture.resolve(infos, name).path for name in layers}
-    _, got = capture.apply_capturing(model, variables, images, list(paths.values()))
+        layers = [i.path for i in infos if i.leaf and len(i.shape or ()) == 4]
+    paths = {name: inspector.resolve(infos, name).path for name in layers}
+    _, got = inspector.apply_capturing(model, variables, images, list(paths.values()))
     return {name: got[path] for name, path in paths.items()}

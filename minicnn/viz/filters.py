@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from minicnn import ops
-from minicnn.viz import capture
+from minicnn import inspector
 
 __all__ = ["filter_patterns", "deprocess_image", "pad", "jitter", "random_scale", "random_rotate",
            "blur", "l2_decay", "total_variation", "normalize_by_rms", "PRESETS"]
@@ -166,7 +166,7 @@ def _ascend(model, variables, filters, key, *, path, size, steps, param, optimiz
             image = x = render(p)
             for t, kt in zip(transforms, jax.random.split(k, max(len(transforms), 1))):
                 x = t(kt, x)
-            a = capture.forward_to(model, variables, preprocess(x[None]), path, channel=f)
+            a = inspector.forward_to(model, variables, preprocess(x[None]), path, channel=f)
             return -jnp.mean(a) + sum(pen(image) for pen in penalties)
 
         def step(carry, k):
@@ -202,7 +202,7 @@ def filter_patterns(model: nn.Module, variables: Mapping, layer: str, filters=No
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     cfg = PRESETS[preset]
     probe = jnp.zeros((1, size, size, 3), jnp.float32)
-    info = capture.resolve(capture.layer_infos(model, variables, (preprocess or _identity)(probe)), layer)
+    info = inspector.resolve(inspector.layer_infos(model, variables, (preprocess or _identity)(probe)), layer)
     n = info.shape[-1]
     filters = np.arange(n) if filters is None else np.atleast_1d(np.asarray(filters))
     if filters.size == 0 or filters.min() < 0 or filters.max() >= n:

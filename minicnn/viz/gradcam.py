@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from minicnn import ops
-from minicnn.viz import capture
+from minicnn import inspector
 
 __all__ = ["grad_cam", "grad_cam_plus_plus", "saliency"]
 
@@ -62,12 +62,12 @@ def _check_classes(images, class_index, classes: int):
 
 def _setup(model, variables, images, layer, class_index, target):
     _check_args(images, target)
-    infos = capture.layer_infos(model, variables, images)
-    info = capture.feature_layer(infos) if layer is None else capture.resolve(infos, layer)
+    infos = inspector.layer_infos(model, variables, images)
+    info = inspector.feature_layer(infos) if layer is None else inspector.resolve(infos, layer)
     if len(info.shape) != 4:
         raise ValueError(f"layer {info.path!r} outputs shape {info.shape}; Grad-CAM needs a 4-D "
                          "(N, H, W, C) feature map, e.g. the last conv layer")
-    head = capture.squashed_head(infos)
+    head = inspector.squashed_head(infos)
     out = infos[-1].shape
     if len(out) != 2:
         raise ValueError(f"the model outputs shape {out}; class maps need (N, classes) scores")
@@ -80,7 +80,7 @@ def _feature_grads(model, variables, images, class_index, path, shape, head, tar
     """``(A, dS/dA)``, both (N, h, w, K), for the summed class scores S (images are independent)."""
 
     def total_score(delta):
-        z, a = capture.apply_logits(model, variables, images, head, path, delta)
+        z, a = inspector.apply_logits(model, variables, images, head, path, delta)
         return _scores(z, class_index, target).sum(), a
 
     grads, a = jax.grad(total_score, has_aux=True)(jnp.zeros(shape, images.dtype))
@@ -129,7 +129,7 @@ def grad_cam_plus_plus(model: nn.Module, variables: Mapping, images, class_index
 @partial(ops.jit, static_argnames=("model", "head", "target"))
 def _input_grads(model, variables, images, class_index, head, target):
     def total_score(x):
-        z, _ = capture.apply_logits(model, variables, x, head)
+        z, _ = inspector.apply_logits(model, variables, x, head)
         return _scores(z, class_index, target).sum()
 
     return jax.grad(total_score)(images)
@@ -141,8 +141,8 @@ def saliency(model: nn.Module, variables: Mapping, images, class_index=None, tar
     images: (N, H, W, C) float32. Returns (N, H, W) float32 in [0, 1] (divided by each map's max).
     """
     _check_args(images, target)
-    infos = capture.layer_infos(model, variables, images)
-    head = capture.squashed_head(infos)
+    infos = inspector.layer_infos(model, variables, images)
+    head = inspector.squashed_head(infos)
     _check_classes(images, class_index, infos[-1].shape[-1])
     g = _input_grads(model, variables, images, class_index, head, target)
     return _normalise(jnp.abs(g).max(axis=-1))

@@ -1,17 +1,18 @@
 """Pretrained weights: registry, download and cache, porters, checkpoints, ImageNet utilities.
 
-``VGG16(include_top=False, weights="imagenet").init(key, x)`` returns the ported ImageNet
-variables (downloaded, checked and cached on first use); ``save(variables, path)`` and
-``load(path)`` keep any nested dict of arrays with orbax. See docs/WEIGHTS.md.
+``minicnn.pretrained("vgg16", include_top=False)`` and ``minicnn.init(model, key, x)`` return ported
+ImageNet variables (downloaded, checked and cached on first use) as plain data; ``save(variables, path)``
+and ``load(path)`` keep any nested dict of arrays. See docs/WEIGHTS.md.
 """
 
 from minicnn.weights.fetch import WeightsUnavailableError, fetch, get
 from minicnn.weights.imagenet import decode_predictions, preprocess_input
 from minicnn.weights.port import list_weights, port, port_file, pretrained_variables
+from minicnn.weights.pretrained import Pretrained, init, pretrained, preprocessing
 from minicnn.weights.registry import registry
 from minicnn.weights.store import load, save
 from minicnn.weights.torch_pth import UnsafePickleError, read_pth
 
 __all__ = ["save", "load", "get", "fetch", "port", "port_file", "pretrained_variables", "list_weights",
            "registry", "preprocess_input", "decode_predictions", "read_pth", "UnsafePickleError",
-           "WeightsUnavailableError"]
+           "WeightsUnavailableError", "Pretrained", "pretrained", "init", "preprocessing"]

@@ -1,64 +1,55 @@
-"""Port a weight file to minicnn variables, check it against the model, cache it with orbax.
+"""Port a weight file to minicnn variables, check it against the architecture, cache it on disk.
 
-``pretrained_variables(arch, weights, include_top)`` is what ``VGG16(weights=...)`` and
-``EfficientNetLite0(weights=...)`` call while initialising: ``weights`` is ``"imagenet"`` or a
-path (legacy Keras ``.h5``, Keras 3 ``.weights.h5``, PyTorch ``.pth``, or a directory written by
-:func:`minicnn.weights.save`). Every layer the model has must be in the file with the right
-shapes; the error names the layer, the expected and the actual shape.
+``pretrained_variables(arch, weights, include_top)`` is how pretrained variables are obtained (by
+:func:`minicnn.init` and :func:`minicnn.pretrained`, eagerly, never under a JAX transformation):
+``weights`` is ``"imagenet"``, a registered name or a path (legacy Keras ``.h5``, Keras 3
+``.weights.h5``, PyTorch ``.pth``, or a directory written by :func:`minicnn.weights.save`). Every
+layer the architecture has must be in the file with the right shapes; the error names the layer,
+the expected and the actual shape.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from minicnn import inspector
+from minicnn.models.registry import architecture, pretrained_names
 from minicnn.weights import keras_h5, store, torch_layouts, torch_pth
 from minicnn.weights.fetch import get, local_file
 from minicnn.weights.registry import entry, home, registry
 
-__all__ = ["pretrained_variables", "port", "port_file", "list_weights", "detect_format", "ARCHS"]
+__all__ = ["pretrained_variables", "port", "port_file", "list_weights", "detect_format"]
 
-ARCHS = ("vgg16", "vgg19", "efficientnet_lite0")
-TOP_LAYERS = {"vgg16": ("fc1", "fc2", "predictions"), "vgg19": ("fc1", "fc2", "predictions"),
-              "efficientnet_lite0": ("predictions",)}
-INPUT = (1, 224, 224, 3)  # the ImageNet size: the VGG top's fc1 depends on it
+_WEIGHTED = ("Conv2D", "DepthwiseConv2D", "Dense", "BatchNormalization")
 
 
-def _model(arch: str, include_top: bool):
-    from minicnn import models
-    builders = {"vgg16": models.VGG16, "vgg19": models.VGG19, "efficientnet_lite0": models.EfficientNetLite0}
-    if arch not in builders:
-        raise ValueError(f"unknown architecture {arch!r}; minicnn ports {', '.join(ARCHS)}")
-    return builders[arch](include_top=include_top)
+def _top_layers(arch: str) -> tuple[str, ...]:
+    return architecture(arch).top_layers
 
 
 @functools.lru_cache(maxsize=None)
 def _expected(arch: str, include_top: bool):
     """(shapes {collection: {layer: {leaf: shape}}}, weighted layers [(name, keras kind)] in call order)."""
-    import flax.linen as nn
     import jax
 
-    from minicnn.layers import BatchNormalization, Conv2D, Dense, DepthwiseConv2D, keras_name
+    from minicnn.layers import keras_name
 
-    order = []
-
-    def record(next_fun, args, kwargs, context):
-        module = context.module
-        if context.method_name == "__call__" and isinstance(module, (Conv2D, DepthwiseConv2D, Dense,
-                                                                       BatchNormalization)):
-            order.append((module.name, keras_name(type(module).__name__)))
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-        shapes = jax.eval_shape(_model(arch, include_top).init, jax.random.key(0),
-                                jax.ShapeDtypeStruct(INPUT, np.float32))
-    shapes = jax.tree_util.tree_map(lambda s: tuple(s.shape), dict(shapes))
-    return shapes, tuple(order)
+    a = architecture(arch)
+    if not a.pretrained:
+        raise ValueError(f"minicnn ports weights for {', '.join(pretrained_names())}, not {arch!r}")
+    model, size = a.build(include_top=include_top), a.input_size  # the ImageNet size: fc1 depends on it
+    variables = inspector.abstract_variables(model, (size, size, 3))
+    order = tuple((i.path, keras_name(i.kind.__name__)) for i in inspector.layer_infos(model, variables, (size, size, 3))
+                  if i.kind.__name__ in _WEIGHTED)
+    shapes = jax.tree_util.tree_map(lambda s: tuple(s.shape), dict(variables))
+    return shapes, order
 
 
 def conform(variables: Mapping, arch: str, include_top: bool, where: str) -> dict:
@@ -73,7 +64,7 @@ def conform(variables: Mapping, arch: str, include_top: bool, where: str) -> dic
     for collection, layers in shapes.items():
         have = dict(variables.get(collection, {}))
         if not include_top:
-            have = {k: v for k, v in have.items() if k not in TOP_LAYERS[arch]}
+            have = {k: v for k, v in have.items() if k not in _top_layers(arch)}
         extra = sorted(set(have) - set(layers))
         if extra:
             raise ValueError(f"{where}: layers {', '.join(extra)} in {collection} are not in {arch} "
@@ -81,7 +72,7 @@ def conform(variables: Mapping, arch: str, include_top: bool, where: str) -> dic
         out[collection] = {}
         for layer, leaves in layers.items():
             if layer not in have:
-                hint = " (the file has no top: use include_top=False)" if layer in TOP_LAYERS[arch] else ""
+                hint = " (the file has no top: use include_top=False)" if layer in _top_layers(arch) else ""
                 raise ValueError(f"{where}: layer {layer} of {arch} is missing from {collection}; "
                                  f"expected {dict(leaves)}{hint}")
             out[collection][layer] = {}
@@ -90,7 +81,7 @@ def conform(variables: Mapping, arch: str, include_top: bool, where: str) -> dic
                 if value is None:
                     raise ValueError(f"{where}: layer {layer} has no {leaf}; expected shape {shape}")
                 # a top's shapes depend on the input size and classes: its initialisers check them
-                if layer not in TOP_LAYERS[arch] and tuple(np.shape(value)) != shape:
+                if layer not in _top_layers(arch) and tuple(np.shape(value)) != shape:
                     raise ValueError(f"{where}: layer {layer} {leaf}: expected shape {shape}, "
                                      f"got {tuple(np.shape(value))}")
                 out[collection][layer][leaf] = np.asarray(value, np.float32)
@@ -130,7 +121,7 @@ def _detect_arch(names) -> str:
     if "block1_conv1" in names or "features.0.weight" in names:
         return "vgg16"
     raise ValueError(f"cannot tell the architecture from layers {sorted(names)[:5]}...; pass arch= "
-                     f"(one of {', '.join(ARCHS)})")
+                     f"(one of {', '.join(pretrained_names())})")
 
 
 def port_file(path: str | os.PathLike, arch: str | None = None) -> tuple[dict, str]:
@@ -173,7 +164,7 @@ def _registered_file(names: list[str]) -> tuple[str, Path]:
     """The first of ``names`` already ported, else already on disk, else the first one fetched."""
     table = registry()
     for name in names:
-        if _ported_dir(name).exists():
+        if _ported_dir(name).is_dir() and any(_ported_dir(name).iterdir()):
             return name, _ported_dir(name)
     for name in names:
         if local_file(entry(name, table)):
@@ -183,34 +174,70 @@ def _registered_file(names: list[str]) -> tuple[str, Path]:
 
 def _imagenet_names(arch: str, include_top: bool) -> list[str]:
     """The registered ImageNet sets for ``arch``: without include_top the small notop file comes first."""
-    table = registry()
-    names = [n for n in ([f"{arch}_imagenet_notop"] if not include_top else []) + [f"{arch}_imagenet"]
-             if n in table]
+    a = architecture(arch)
+    names = [n for n in ([a.imagenet_notop] if not include_top else []) + [a.imagenet] if n in registry()]
     if not names:
         raise ValueError(f"no ImageNet weights registered for {arch}")
     return names
 
 
-@functools.lru_cache(maxsize=4)
-def pretrained_variables(arch: str, weights: str, include_top: bool) -> dict:
-    """``{"params": ..., ["batch_stats": ...]}`` for ``arch`` from ``"imagenet"``, a registered
-    name (``"vgg16_torchvision"``) or a file path.
+def _identity(path: Path) -> tuple:
+    """What changes when the file (or any file of a checkpoint directory) is replaced."""
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    return tuple((str(f), st.st_size, st.st_mtime_ns) for f in files if (st := f.stat()))
+
+
+_MEMORY: dict[tuple, dict] = {}  # ported variables by (arch, include_top, file identity): one entry per set
+
+
+def pretrained_variables(arch: str, weights: str | os.PathLike, include_top: bool) -> dict:
+    """``{"params": ..., ["batch_stats": ...]}`` (NumPy float32) for ``arch`` from ``"imagenet"``, a
+    registered name (``"vgg16_torchvision"``) or a file path. Eager: call it outside ``jit``.
 
     Registered sets are ported once and saved under ``$MINICNN_HOME/ported/<name>``, which later
-    processes load with orbax. Cached in memory per arguments.
+    processes load; a damaged ported directory is reported and the source file ported again. Kept
+    in memory while the file on disk is unchanged (size and modification time).
     """
-    weights = str(weights)
+    weights = os.fspath(weights)
     if weights == "imagenet" or weights in registry():
         names = _imagenet_names(arch, include_top) if weights == "imagenet" else [weights]
         name, path = _registered_file(names)
-        variables, _ = port_file(path, arch)
-        if not path.is_dir():
-            store.save(variables, _ported_dir(name))
-        where = f"{name} ({path})"
     else:
-        variables, _ = port_file(weights, arch)
-        where = weights
-    return conform(variables, arch, include_top, where)
+        name, path = None, Path(weights)
+        if not path.exists():
+            raise FileNotFoundError(f"no weight file at {path}; weights is \"imagenet\", a registered name "
+                                    f"({', '.join(registry())}) or a file path")
+    key = (arch, include_top, _identity(path))
+    if key not in _MEMORY:
+        _MEMORY.clear()  # one set at a time: VGG16 with its top is 528 MB
+        _MEMORY[key] = _read(arch, name, path, include_top)
+    return _MEMORY[key]
+
+
+pretrained_variables.cache_clear = _MEMORY.clear  # as functools.lru_cache: forget what is in memory
+
+
+def _read(arch: str, name: str | None, path: Path, include_top: bool) -> dict:
+    if name is not None and path == _ported_dir(name):
+        try:
+            return conform(port_file(path, arch)[0], arch, include_top, f"{name} ({path})")
+        except (OSError, ValueError, KeyError) as e:
+            warnings.warn(f"the ported copy of {name} at {path} is damaged ({e}); porting the source file again",
+                          stacklevel=3)
+            path = get(name, registry())
+    variables, _ = port_file(path, arch)
+    if name is not None:
+        _save_ported(variables, name)
+    return conform(variables, arch, include_top, f"{name} ({path})" if name else str(path))
+
+
+def _save_ported(variables: dict, name: str) -> None:
+    """Keep a ported copy so later processes skip porting; the cache is an optimisation, so a folder
+    minicnn may not overwrite is reported, not fatal."""
+    try:
+        store.save(variables, _ported_dir(name))
+    except (OSError, ValueError) as e:
+        warnings.warn(f"could not cache the ported {name}: {e}", stacklevel=4)
 
 
 def port(file: str | os.PathLike, arch: str | None = None, out: str | os.PathLike | None = None) -> Path:
@@ -221,7 +248,7 @@ def port(file: str | os.PathLike, arch: str | None = None, out: str | os.PathLik
     """
     file = Path(file)
     variables, arch = port_file(file, arch)
-    has_top = all(layer in variables["params"] for layer in TOP_LAYERS[arch])
+    has_top = all(layer in variables["params"] for layer in _top_layers(arch))
     checked = conform(variables, arch, has_top, str(file))
     out = Path(out) if out else _ported_dir(file.name.split(".")[0])
     return store.save(checked, out)

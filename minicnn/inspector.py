@@ -1,24 +1,28 @@
-"""Reach inside a model's forward pass: list its layers, capture or perturb a layer's output,
-stop the forward at a layer, and take the logits before a softmax/sigmoid head.
+"""The layer inspector: list a model's layers, capture or perturb a layer's output, stop the
+forward pass at a layer, and take the logits before a softmax/sigmoid head.
 
-Everything works through :func:`flax.linen.intercept_methods` on the modules' ``__call__``, so it
-sees through nesting (``Sequential([VGG16(include_top=False), Flatten(), Dense(1)])``) without
-the model's cooperation. A layer is named by its path, ``"vgg16/block5_conv3"``, or by any
-unambiguous path suffix, ``"block5_conv3"``.
+This is minicnn's one routine for tracing a model's layers; ``summary``, ``masks``, the weight
+porter, feature extraction and ``viz`` all use it. Everything works through
+:func:`flax.linen.intercept_methods` on the modules' ``__call__``, so it sees through nesting
+(``Sequential([VGG16(include_top=False), Flatten(), Dense(1)])``) without the model's
+cooperation. A layer is named by its path, ``"vgg16/block5_conv3"``, or by any unambiguous path
+suffix, ``"block5_conv3"``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from minicnn import layers as L
 from minicnn import ops
 
-__all__ = ["LayerInfo", "layer_infos", "resolve", "apply_capturing", "apply_logits",
+__all__ = ["LayerInfo", "abstract_variables", "layer_infos", "resolve", "apply_capturing", "apply_logits",
            "forward_to", "squashed_head", "feature_layer"]
 
 _POOLS = (L.MaxPooling2D, L.AveragePooling2D)
@@ -26,13 +30,15 @@ _POOLS = (L.MaxPooling2D, L.AveragePooling2D)
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One called module: its path, output shape, class, whether it contains other layers, and
-    its ``activation`` field when it has one (``"softmax"`` on a classifier head)."""
+    """One called module: its path, output shape (None when the output is not an array), class,
+    whether it contains no other layer, its ``activation`` field when it has one (``"softmax"`` on
+    a classifier head), and the module itself (for its other fields, e.g. ``weights``)."""
     path: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...] | None
     kind: type
     leaf: bool
     activation: object = None
+    module: nn.Module | None = field(default=None, compare=False, repr=False)
 
 
 def _path(module: nn.Module) -> str:
@@ -43,27 +49,54 @@ def _calls(context) -> bool:
     return context.method_name == "__call__" and bool(context.module.path)
 
 
-def layer_infos(model: nn.Module, variables: Mapping, x) -> list[LayerInfo]:
-    """Every sub-layer the forward pass calls, in call-completion order (shape-only, no compute).
+def _as_input(x):
+    """An example input: an array, a ``ShapeDtypeStruct``, or an ``(H, W, C)`` shape (batch of 1)."""
+    if isinstance(x, (tuple, list)) and all(isinstance(d, int) for d in x):
+        return jax.ShapeDtypeStruct((1, *x), jnp.float32)
+    return x
 
-    x: (N, H, W, C) float32, an example input (only its shape and dtype matter).
+
+def abstract_variables(model: nn.Module, x):
+    """The shapes of ``model.init``'s variables for inputs like ``x`` (no FLOPs, no memory, no I/O).
+
+    x: (N, H, W, C) array or ``ShapeDtypeStruct``, or an ``(H, W, C)`` shape. Only shapes are
+    computed, so the warning that a module's pretrained ``weights`` are not loaded by a plain
+    ``init`` does not apply and is silenced here.
     """
-    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), _as_input(x))
+
+
+def layer_infos(model: nn.Module, variables: Mapping | None, x, train: bool = False) -> list[LayerInfo]:
+    """Every sub-layer the forward pass calls, in call order (a parent before its children; a
+    layer called twice counts at its first call). Shape-only: no FLOPs, no memory.
+
+    x: (N, H, W, C) float32 example input (array or ``ShapeDtypeStruct``), or an ``(H, W, C)`` shape.
+    variables: the model's variables (arrays or shapes); traced abstractly when None.
+    """
+    x = _as_input(x)
+    if variables is None:
+        variables = abstract_variables(model, x)
+    entered, done = {}, {}
 
     def record(next_fun, args, kwargs, context):
+        if not _calls(context):
+            return next_fun(*args, **kwargs)
+        m = context.module
+        entered.setdefault(_path(m), (type(m), getattr(m, "activation", None), m))
         out = next_fun(*args, **kwargs)
-        if _calls(context) and hasattr(out, "shape"):
-            m = context.module
-            seen.append((_path(m), tuple(out.shape), type(m), getattr(m, "activation", None)))
+        done.setdefault(_path(m), tuple(out.shape) if hasattr(out, "shape") else None)
         return out
 
     def run(v, x):
         with nn.intercept_methods(record):
-            return model.apply(v, x, train=False)
+            return model.apply(v, x, train=train)
 
     jax.eval_shape(run, variables, x)
-    paths = [p for p, *_ in seen]
-    return [LayerInfo(p, s, k, not any(q.startswith(p + "/") for q in paths), a) for p, s, k, a in seen]
+    paths = list(entered)
+    return [LayerInfo(p, done.get(p), kind, not any(q.startswith(p + "/") for q in paths), act, m)
+            for p, (kind, act, m) in entered.items()]
 
 
 def resolve(infos: Sequence[LayerInfo], layer: str) -> LayerInfo:
@@ -185,7 +218,7 @@ def squashed_head(infos: Sequence[LayerInfo]) -> str | None:
 def feature_layer(infos: Sequence[LayerInfo]) -> LayerInfo:
     """Grad-CAM's default layer: the last feature map before the spatial pooling, i.e. the last
     layer with a 4-D output that is not a pooling layer (``block5_conv3`` in VGG16)."""
-    maps = [i for i in infos if i.leaf and len(i.shape) == 4 and not issubclass(i.kind, _POOLS)]
+    maps = [i for i in infos if i.leaf and len(i.shape or ()) == 4 and not issubclass(i.kind, _POOLS)]
     if not maps:
         raise ValueError("the model has no layer with a 4-D (N, H, W, C) output to explain; layers: "
                          + ", ".join(f"{i.path} {i.shape}" for i in infos))

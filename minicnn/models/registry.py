@@ -1,0 +1,76 @@
+"""The model registry: every fact about an architecture, in one row.
+
+The porter, ``minicnn.pretrained``, the recipes, the CLI and the demo read these rows; nothing else
+spells an architecture's top layers, weight sets, Grad-CAM layer or unfreeze point. Facts about a
+weight *file* (URL, hash, the preprocessing it was trained with) live in ``weights/registry.json``,
+under the names given here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import flax.linen as nn
+
+from minicnn.models.convnets import mnist_convnet, small_convnet
+from minicnn.models.efficientnet_lite import EfficientNetLite0
+from minicnn.models.vgg import VGG16, VGG19
+
+__all__ = ["Architecture", "ARCHITECTURES", "architecture", "pretrained_names", "from_scratch_names"]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One architecture.
+
+    build: the Keras-style constructor (``VGG16(include_top=..., weights=..., ...)``).
+    top_layers: the layers ``include_top=True`` adds (dropped when porting a file into a no-top model).
+    input_size: the ImageNet input side (224); also the size the top's ``fc1`` is built for.
+    imagenet, imagenet_notop: the ``weights/registry.json`` names of its ImageNet weight sets.
+    gradcam_layer: the last feature map before the spatial pooling, Grad-CAM's default.
+    unfreeze_from: the first layer fine-tuning opens (the lecture's ``block5_conv1`` for VGG16).
+    demo_layers: ``(filter-pattern layer, activation layer)`` shown by ``minicnn demo``.
+    """
+    name: str
+    build: Callable[..., nn.Module]
+    top_layers: tuple[str, ...] = ()
+    input_size: int | None = None
+    imagenet: str | None = None
+    imagenet_notop: str | None = None
+    gradcam_layer: str | None = None
+    unfreeze_from: str | None = None
+    demo_layers: tuple[str, str] | None = None
+
+    @property
+    def pretrained(self) -> bool:
+        return self.imagenet is not None
+
+
+ARCHITECTURES = {a.name: a for a in (
+    Architecture("vgg16", VGG16, ("fc1", "fc2", "predictions"), 224, "vgg16_imagenet", "vgg16_imagenet_notop",
+                 "block5_conv3", "block5_conv1", ("block3_conv1", "block1_conv2")),
+    Architecture("vgg19", VGG19, ("fc1", "fc2", "predictions"), 224, "vgg19_imagenet", "vgg19_imagenet_notop",
+                 "block5_conv4", "block5_conv1", ("block3_conv1", "block1_conv2")),
+    Architecture("efficientnet_lite0", EfficientNetLite0, ("predictions",), 224, "efficientnet_lite0_imagenet",
+                 None, "top_conv", "block6a_expand_conv", ("block3a_expand_conv", "block2a_expand_conv")),
+    Architecture("small_convnet", small_convnet),
+    Architecture("mnist_convnet", mnist_convnet),
+)}
+
+
+def architecture(name: str) -> Architecture:
+    """The registry row for ``name`` (``"vgg16"``); a clear error listing the known names."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def pretrained_names() -> tuple[str, ...]:
+    """Architectures with ImageNet weights (``vgg16``, ...)."""
+    return tuple(n for n, a in ARCHITECTURES.items() if a.pretrained)
+
+
+def from_scratch_names() -> tuple[str, ...]:
+    """Architectures without pretrained weights (the chapter's own convnets)."""
+    return tuple(n for n, a in ARCHITECTURES.items() if not a.pretrained)

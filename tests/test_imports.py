@@ -1,5 +1,6 @@
-"""Nothing happens at import: importing minicnn (its packages, then every module) starts no JAX backend (so ``jax.distributed.initialize``
-can still come first, docs/SCALING.md) and leaves matplotlib's backend alone (a notebook's inline one)."""
+"""Nothing happens at import: importing minicnn (its packages, then every module) starts no JAX
+backend (so ``jax.distributed.initialize`` can still come first, docs/SCALING.md) and leaves
+matplotlib's backend alone (a notebook's inline one)."""
 
 import json
 import os

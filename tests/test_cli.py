@@ -180,23 +180,37 @@ def test_decompression_bomb_is_one_line(capsys, tmp_path):
     assert_one_line_error(code, err, "bomb.png", "decompression bomb")
 
 
-def test_refused_pth_is_one_line(capsys, tmp_path):
+@pytest.fixture
+def hostile(tmp_path):
+    """A .pth whose pickle would create tmp_path/marker if it were ever unpickled freely."""
     import pickle
 
     class RunsCode:
         def __reduce__(self):
             return (open, (str(tmp_path / "marker"), "w"))
-    hostile = tmp_path / "hostile.pth"
-    hostile.write_bytes(pickle.dumps({"stem_conv.weight": RunsCode()}))
+    path = tmp_path / "hostile.pth"
+    path.write_bytes(pickle.dumps({"stem_conv.weight": RunsCode()}))
+    return path
+
+
+def test_refused_pth_is_one_line(capsys, tmp_path, hostile):
     code, _, err = run(capsys, "weights", "port", hostile, "--arch", "efficientnet_lite0", "--out", tmp_path / "out")
     assert_one_line_error(code, err, "hostile.pth", "refusing to unpickle")
     assert not (tmp_path / "marker").exists() and not (tmp_path / "out").exists()
 
 
-def test_directory_that_is_not_a_checkpoint_is_one_line(capsys, tmp_path):
+def test_directory_that_is_not_a_checkpoint_is_one_line(capsys, tmp_path, cat):
     folder = tmp_path / "results"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
     code, _, err = run(capsys, "weights", "port", folder)
     assert_one_line_error(code, err, "results")
-    assert (folder / "notes.txt").read_text() == "mine"
+    code, out, err = run(capsys, "predict", cat, "--weights", folder)
+    assert_one_line_error(code, err, "results", "not a minicnn checkpoint")
+    assert out == "" and (folder / "notes.txt").read_text() == "mine"
+
+
+def test_refused_pth_as_weights_is_one_line(capsys, tmp_path, cat, hostile):
+    code, out, err = run(capsys, "predict", cat, "--weights", hostile)
+    assert_one_line_error(code, err, "hostile.pth", "refusing to unpickle")
+    assert out == "" and not (tmp_path / "marker").exists()

@@ -60,6 +60,9 @@ CASES = {
     # 6. HDF5 datasets whose bytes live in other files
     "external.h5": ("port_file", "CorruptWeightsError", r"kernel:0 keeps its bytes in external file"),
     "virtual.h5": ("port_file", "CorruptWeightsError", r"kernel:0 is a virtual dataset"),
+    "external_link.h5": ("port_file", "CorruptWeightsError", r"kernel:0 is a link into .*source.h5"),
+    "bomb.h5": ("port_file", "CorruptWeightsError", r"kernel:0 declares \(536870912,\) float32 \(2147483648 "
+                                                    r"bytes\) but stores \d+ .*decompression bomb"),
 }
 
 CHILD = r"""
@@ -100,6 +103,10 @@ def outcomes(tmp_path_factory):
         f["data"] = np.frombuffer(SECRET * 64, np.float32)
     files["virtual.h5"] = d / "virtual.h5"
     make.h5_virtual(files["virtual.h5"], source)
+    files["external_link.h5"] = d / "external_link.h5"
+    make.h5_link(files["external_link.h5"], source)
+    files["bomb.h5"] = d / "bomb.h5"
+    make.h5_bomb(files["bomb.h5"], 2)
     assert sorted(files) == sorted(CASES)
     jobs = [(CASES[name][0], str(path)) for name, path in files.items()]
     proc = subprocess.run([sys.executable, "-c", CHILD.format(limit=ADDRESS_SPACE),

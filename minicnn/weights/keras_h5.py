@@ -70,13 +70,13 @@ def weight_role(layer: str, weight_name: str) -> str:
     return _ROLES[name]
 
 
-def _read_dataset(f: h5py.File, dset, where: str) -> np.ndarray:
-    """The numbers of ``dset``, a dataset of the open file ``f``, once they are shown to be this file's
-    bytes (no external storage, virtual dataset or link into another file) and the file stores as
-    many bytes as the shape declares (``MAX_INFLATION`` times fewer when compressed)."""
+def _read_dataset(f: h5py.File, group: h5py.Group, key: str, where: str) -> np.ndarray:
+    """The numbers of dataset ``group[key]`` of the open file ``f``, once they are shown to be this
+    file's bytes (no external storage, virtual dataset or link into another file) and the file stores
+    as many bytes as the shape declares (``MAX_INFLATION`` times fewer when compressed)."""
+    name, dset = f"{group.name}/{key}", group[key]
     if not isinstance(dset, h5py.Dataset):
-        raise CorruptWeightsError(f"{where}: {dset.name} is a {type(dset).__name__}, not a dataset of weights")
-    name = dset.name
+        raise CorruptWeightsError(f"{where}: {name} is a {type(dset).__name__}, not a dataset of weights")
     if os.path.realpath(dset.file.filename) != os.path.realpath(f.filename):
         raise CorruptWeightsError(f"{where}: dataset {name} is a link into {dset.file.filename}; "
                                   f"weights must be in the file itself")
@@ -121,12 +121,12 @@ def read_keras_h5(path: str | os.PathLike) -> dict:
             for wn in map(_text, group.attrs.get("weight_names", [])):
                 if wn not in group:
                     raise ValueError(f"{path}: layer {layer} lists weight {wn!r} but has no such dataset")
-                _put(variables, layer, weight_role(layer, wn), _read_dataset(f, group[wn], str(path)), str(path))
+                _put(variables, layer, weight_role(layer, wn), _read_dataset(f, group, wn, str(path)), str(path))
     return {k: v for k, v in variables.items() if v or k == "params"}
 
 
 def _keras3_groups(f: h5py.File, path) -> list[tuple[str, str, tuple[str, int], str | None, list]]:
-    """[(kind, group path, (model path, creation index), recorded layer name, [var datasets, unread])]
+    """[(kind, group path, (model path, creation index), recorded layer name, [(vars group, key), ...])]
     for every layer with weights, the layers of nested models included."""
     out = []
 
@@ -143,7 +143,7 @@ def _keras3_groups(f: h5py.File, path) -> list[tuple[str, str, tuple[str, int], 
             if kind not in _KERAS3_ROLES:
                 raise ValueError(f"{path}: {model}/{group_name} is a {kind} layer, which minicnn cannot port "
                                  f"(known: {sorted(_KERAS3_ROLES)})")
-            vars_ = [group["vars"][str(i)] for i in range(len(group["vars"]))]
+            vars_ = [(group["vars"], str(i)) for i in range(len(group["vars"]))]
             name = group["vars"].attrs.get("name")
             out.append((kind, f"{model}/{group_name}", (model, k), None if name is None else _text(name), vars_))
 
@@ -194,6 +194,6 @@ def _read_keras3_pairs(f: h5py.File, path, groups: list, layers: Sequence[tuple[
         if len(vars_) > len(roles):
             raise ValueError(f"{path}: {group_name} ({layer}) has {len(vars_)} variables, "
                              f"a {kind} has at most {len(roles)}")
-        for role, dset in zip(roles, vars_):
-            _put(variables, layer, role, _read_dataset(f, dset, str(path)), str(path))
+        for role, (group, key) in zip(roles, vars_):
+            _put(variables, layer, role, _read_dataset(f, group, key, str(path)), str(path))
     return {k: v for k, v in variables.items() if v or k == "params"}

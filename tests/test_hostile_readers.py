@@ -50,6 +50,8 @@ CASES = {
     "zero_stride.pth": ("read_pth", "CorruptWeightsError",
                         PTH_LAYOUT + r"shape \(50000, 50000\) has 2500000000 elements, its storage 0 holds 1"),
     "bomb.pth": ("read_pth", "CorruptWeightsError", r"archive/data/0 inflates \d+ bytes to 2147483648"),
+    "reused_storage.pth": ("read_pth", "CorruptWeightsError",
+                           r"400 tensors copy 1677721600 bytes out of 4194304 bytes of storage"),
     "legacy_storage_numel.pth": ("read_pth", "CorruptWeightsError",
                                  r"storage 0 claims 1099511627776 elements .* the file has \d+ bytes left"),
     "declared_bytes.pth": ("read_pth", "CorruptWeightsError", r"the pickle is truncated or corrupt"),
@@ -80,7 +82,8 @@ for reader, path in json.loads(sys.argv[2]):
         outcome = type(e).__name__ + ": " + str(e)
     seconds = time.perf_counter() - start
     after = read_pth(legit)["features.0.weight"].tolist()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    peak = int(status["VmHWM"].split()[0]) * 1024  # this process image's peak; ru_maxrss counts the forking parent
     print(json.dumps({{"path": path, "outcome": outcome, "seconds": seconds, "legit_after": after,
                        "peak_rss": peak}}), flush=True)
 """
@@ -93,6 +96,8 @@ def outcomes(tmp_path_factory):
     files = {name: FIXTURES / name for name in CASES if (FIXTURES / name).exists()}
     files["bomb.pth"] = d / "bomb.pth"
     files["bomb.pth"].write_bytes(make.deflate_bomb_pth(2))
+    files["reused_storage.pth"] = d / "reused_storage.pth"
+    files["reused_storage.pth"].write_bytes(make.reused_storage_pth(4, 400))
     secret = d / "secret.bin"
     secret.write_bytes(SECRET * 64)
     files["external.h5"] = d / "external.h5"

@@ -40,7 +40,8 @@ _DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage
            "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
            "BoolStorage": np.bool_}
 MAX_INFLATION = 64  # a compressed entry may inflate to this many times its stored bytes (floats: ~1.1)
-_MAX_REUSE = 4  # tensors may copy this many times the storage bytes they read (tied weights: 2)
+_MAX_REUSE = 4  # tensors may copy this many times the storage bytes they read (tied weights: 2) ...
+_REUSE_SLACK = 1 << 20  # ... plus this many bytes (scalars sharing one storage)
 _MAX_NDIM = 64  # NumPy's limit
 _MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
 _WRAPPERS = ("state_dict", "model_state_dict", "model")  # training checkpoints nest the state dict
@@ -282,10 +283,11 @@ def _materialize(obj, where: str, load) -> dict[str, np.ndarray]:
     tensors = _flatten(_unwrap(obj))
     need: dict[_Storage, int] = {}
     for name, t in tensors.items():
-        need[t.storage] = max(need.get(t.storage, 0), _checked_extent(t, name))
+        end = _checked_extent(t, name)  # first: it checks t.storage is a storage
+        need[t.storage] = max(need.get(t.storage, 0), end)
     out_bytes = sum(math.prod(t.size) * t.storage.dtype.itemsize for t in tensors.values())
     in_bytes = sum(n * s.dtype.itemsize for s, n in need.items())
-    if out_bytes > _MAX_REUSE * in_bytes + _CHUNK:
+    if out_bytes > _MAX_REUSE * in_bytes + _REUSE_SLACK:
         raise CorruptWeightsError(f"{where}: {len(tensors)} tensors copy {out_bytes} bytes out of {in_bytes} "
                                   f"bytes of storage; a state dict does not reuse its storages this often")
     for storage, n in need.items():

@@ -46,7 +46,7 @@ def minicnn_steps(x, y):
     xj, yj = jax.device_put(x), jax.device_put(y)
 
     def jitted_step():
-        t.state, logs = t._train_step(t.state, xj, yj)
+        t.state, logs = t._train_step(t.state, (xj, yj))
         return logs["loss"]
 
     return (lambda: t.train_on_batch(x, y)), jitted_step

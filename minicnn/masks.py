@@ -75,10 +75,10 @@ def flat_mask(params, mask: Mask) -> dict[Path, bool]:
         out[p] = bool(node)
     mask_paths = traverse_util.flatten_dict(dict(mask), keep_empty_nodes=True)
     extra = sorted(path_str(m) for m in mask_paths if m not in used)
-    if missing or extra:
-        raise ValueError(f"trainable mask does not cover the params exactly: parameters without a label "
-                         f"{missing[:5]}{' ...' if len(missing) > 5 else ''}, mask entries that are no "
-                         f"parameter {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+    problems = [f"{what} {names[:5]}{' ...' if len(names) > 5 else ''}" for what, names in
+                (("parameters without a label", missing), ("mask entries that are no parameter", extra)) if names]
+    if problems:
+        raise ValueError(f"trainable mask does not cover the params exactly: {'; '.join(problems)}")
     return out
 
 

@@ -104,7 +104,7 @@ def count_convolutions(mask_from):
     trainer = Trainer(model, "binary_crossentropy", "rmsprop", variables=variables, trainable=mask)
     trainer.build(x[:4])
     with ops.conv_algorithm("xla"):  # one conv_general_dilated per convolution (not Winograd's matmuls)
-        traced = trainer._train_step.trace(trainer.state, jnp.asarray(x[:4]), jnp.asarray(y[:4]))
+        traced = trainer._train_step.trace(trainer.state, (jnp.asarray(x[:4]), jnp.asarray(y[:4])))
     return count("conv_general_dilated", traced.jaxpr.jaxpr)
 
 

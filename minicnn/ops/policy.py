@@ -132,7 +132,7 @@ class _LazyJit:
         return self._get()(*args, **kwargs)
 
     def __getattr__(self, name):  # lower, trace, eval_shape, clear_cache, ...
-        if name.startswith("_"):  # not jax.jit's API; also keeps copy/pickle probes from building
+        if name.startswith("_") and name != "_cache_size":  # copy/pickle probes must not build it
             raise AttributeError(name)
         return getattr(self._get(), name)
 

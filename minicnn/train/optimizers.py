@@ -102,21 +102,21 @@ def get(optimizer: str | optax.GradientTransformation = "rmsprop", **kwargs) -> 
     return _BY_NAME[optimizer.lower()](**kwargs)
 
 
-def _hyperparams(opt_state, what):
-    hp = getattr(opt_state, "hyperparams", None)
-    if hp is None or "learning_rate" not in hp:
+def _learning_rate(opt_state, what):
+    """The injected learning rate, wherever it sits in the state (e.g. inside ``masks.freeze``'s partition)."""
+    lr = optax.tree_utils.tree_get(opt_state, "learning_rate")
+    if lr is None:
         raise ValueError(f"cannot {what} the learning rate: the optimizer was not built with "
                          f"optax.inject_hyperparams(...)(learning_rate=...) (minicnn.train.optimizers.get does that)")
-    return hp
+    return lr
 
 
 def get_learning_rate(opt_state) -> float:
     """The current learning rate in an ``inject_hyperparams`` state."""
-    return float(_hyperparams(opt_state, "read")["learning_rate"])
+    return float(_learning_rate(opt_state, "read"))
 
 
 def set_learning_rate(opt_state, value: float):
     """A copy of ``opt_state`` with the learning rate ``value`` (same dtype, so nothing recompiles)."""
-    hp = dict(_hyperparams(opt_state, "set"))
-    hp["learning_rate"] = jnp.asarray(value, dtype=jnp.asarray(hp["learning_rate"]).dtype)
-    return opt_state._replace(hyperparams=hp)
+    dtype = jnp.asarray(_learning_rate(opt_state, "set")).dtype
+    return optax.tree_utils.tree_set(opt_state, learning_rate=jnp.asarray(value, dtype=dtype))

@@ -1,19 +1,15 @@
 """``Trainer``: Keras' ``compile``/``fit``/``evaluate``/``predict`` for a Flax Linen model.
 
-The train state is a plain dict pytree ``{"params", "batch_stats", "opt_state", "step", "rng"}``.
-One jitted train step (state buffers donated) does forward, loss, gradient and optimizer update;
-every step is compiled with :func:`minicnn.ops.jit` (minicnn's XLA options: on CPU, convolutions on
-Eigen rather than YNNPACK, measured faster, the backward pass more so).
+The Trainer is the Keras loop and callbacks around the pure steps of :mod:`minicnn.train.step`: its
+state is that module's ``TrainState`` pytree ``{"params", "batch_stats", "opt_state", "step", "rng"}``,
+its train step ``make_train_step`` jitted with :func:`minicnn.ops.jit` (state buffers donated).
 
-Freezing. ``trainable`` is a mask over ``params`` (see :mod:`minicnn.masks`): the step
-splits ``params`` into a trainable and a frozen part and differentiates the loss with respect to the
-trainable part only, with the frozen part as a constant, so XLA computes no gradient for frozen
-weights; the optimizer state covers the trainable part only (no Adam moments, no weight decay for
-frozen weights). A BatchNormalization layer whose parameters are all frozen runs in inference mode
-(``train=False``: moving statistics, no update), as in Keras >= 2.1.3; this is done with
-``flax.linen.intercept_methods``, so models need no extra argument. Setting ``trainer.trainable``
-(or :meth:`Trainer.set_trainable`) between phases keeps the parameters and builds a new optimizer
-state for the new partition.
+Freezing. ``trainable`` is any :mod:`minicnn.masks` mask (a prefix mask ``{"vgg16": False, ...}``
+included): the step differentiates only the trainable partition, runs BatchNormalization layers whose
+parameters are all frozen in inference mode (Keras >= 2.1.3), and the optimizer is
+``masks.freeze(optimizer, mask)``, so frozen weights carry no optimizer state and no decay. Setting
+``trainer.trainable`` (or :meth:`Trainer.set_trainable`) between phases keeps the parameters and builds
+a new optimizer state for the new partition.
 
 Batches. ``fit`` takes any re-iterable of ``(x, y)`` batches (a minicnn dataset's ``epoch(n)`` for
 epoch ``n``, so resuming at ``initial_epoch`` is exact; otherwise one ``iter()`` per epoch; with
@@ -26,7 +22,6 @@ last batch to the first batch's size and mask the padding out, so they compile o
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -39,10 +34,11 @@ import optax
 from flax import traverse_util
 
 from minicnn import masks, ops, parallel
-from minicnn.layers import BatchNormalization
 from minicnn.train import checkpoint, losses as losses_lib, metrics as metrics_lib, optimizers
 from minicnn.train.callbacks import Callback, CallbackList, ProgbarLogger
 from minicnn.train.history import History
+from minicnn.weights.pretrained import init
+from minicnn.train.step import TrainState, init_state, make_eval_step, make_train_step
 
 __all__ = ["Trainer"]
 
@@ -111,12 +107,6 @@ def _check_like(new, old) -> None:
                              f"expected {np.shape(old_flat[path])}")
 
 
-@functools.lru_cache(maxsize=32)
-def _jitted_init(model: nn.Module):
-    """``model.init`` jitted once per model: eager init would compile every op separately."""
-    return ops.jit(lambda rngs, x: model.init(rngs, x, train=False))
-
-
 class Trainer:
     """Train, evaluate and predict with a minicnn (Flax Linen) model, the Keras way.
 
@@ -145,14 +135,16 @@ class Trainer:
         self.loss_fn = losses_lib.get(loss, from_logits)
         loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", None)
         self.metric_fns = dict(metrics_lib.get(m, loss_name) for m in metrics)
-        self.tx = optimizers.get(optimizer, **(optimizer_kwargs or {}))
+        self._optimizer = (optimizer, dict(optimizer_kwargs or {}))  # set_trainable may rebuild it with new kwargs
+        self.optimizer = optimizers.get(optimizer, **(optimizer_kwargs or {}))
         self._mask = trainable
         self._initial_variables = variables
-        self.state: dict | None = None
+        self.state: TrainState | None = None
         self.epoch = 0
         self.history = History()
         self.stop_training = False
         self._predict_step = ops.jit(lambda variables, x: model.apply(variables, x, train=False))
+        self._eval_step = ops.jit(make_eval_step(model, self.loss_fn, self.metric_fns))
         self._output_widths: dict = {}  # input shape (H, W, C) -> width of the model's last axis
 
     # ----------------------------------------------------------------- state
@@ -165,13 +157,11 @@ class Trainer:
         ``"params"`` and ``"dropout"`` streams from ``seed``, unless ``variables=`` was given."""
         init_key, dropout_key, step_key = jax.random.split(jax.random.PRNGKey(seed), 3)
         if self._initial_variables is None:
-            variables = _jitted_init(self.model)({"params": init_key, "dropout": dropout_key}, jnp.asarray(x))
+            # minicnn.init: pretrained submodules (VGG16(weights="imagenet")) get their weights, the rest is fresh
+            variables = init(self.model, {"params": init_key, "dropout": dropout_key}, jnp.asarray(x), train=False)
         else:
             variables = self._initial_variables
-        variables = _copy(dict(variables))
-        self.state = {"params": dict(variables.get("params", {})),
-                      "batch_stats": dict(variables.get("batch_stats", {})),
-                      "step": jnp.zeros([], jnp.int32), "rng": step_key}
+        self.state = init_state(_copy(dict(variables)), optax.identity(), step_key)  # set_trainable: opt_state
         self.set_trainable(self._mask)
 
     def _require_built(self, what):
@@ -203,21 +193,32 @@ class Trainer:
 
     def set_trainable(self, mask, optimizer: str | optax.GradientTransformation | None = None,
                       **optimizer_kwargs) -> None:
-        """Train the parameters ``mask`` marks (None: all). Keeps the parameters, starts a fresh
-        optimizer state for the new trainable partition (and a new optimizer if one is given),
-        and rebuilds the jitted steps."""
+        """Train the parameters ``mask`` marks (None: all; any :mod:`minicnn.masks` mask). Keeps the
+        parameters, starts a fresh optimizer state for the new trainable partition and rebuilds the
+        jitted step.
+
+        ``optimizer``/``optimizer_kwargs``: a new optimizer for the new phase (the lecture's
+        ``compile`` again); kwargs alone (``learning_rate=1e-5``) rebuild the current optimizer, by
+        name, with them.
+        """
         if optimizer is not None or optimizer_kwargs:
-            self.tx = optimizers.get(optimizer if optimizer is not None else "rmsprop", **optimizer_kwargs)
+            name, kwargs = self._optimizer
+            if optimizer is None and not isinstance(name, str):
+                raise ValueError("set_trainable(**optimizer_kwargs): the trainer's optimizer is an optax "
+                                 "transform, which minicnn cannot rebuild with new arguments; pass optimizer=")
+            self._optimizer = (name, {**kwargs, **optimizer_kwargs}) if optimizer is None else \
+                (optimizer, optimizer_kwargs)
+            self.optimizer = optimizers.get(self._optimizer[0], **self._optimizer[1])
         self._mask = mask
         if not self.built:
             return
         self._flat_mask = masks.flat_mask(self.state["params"], mask)
-        trainable, _ = masks.split(self.state["params"], self._flat_mask)
-        self.state["opt_state"] = _copy(self.tx.init(trainable))  # own buffers: the state is donated
+        mask_tree = traverse_util.unflatten_dict(self._flat_mask)
+        self.tx = masks.freeze(self.optimizer, mask_tree)
+        self.state["opt_state"] = _copy(self.tx.init(self.state["params"]))  # own buffers: the state is donated
         self.state = self._placed(self.state)
-        self._train_step = self._make_train_step()
-        if not hasattr(self, "_eval_step"):  # inference ignores the mask and optimizer: compile it once
-            self._eval_step = self._make_eval_step()
+        self._train_step = ops.jit(make_train_step(self.model, self.loss_fn, self.tx, mask_tree, self.metric_fns),
+                                   donate_argnums=0)
 
     @property
     def learning_rate(self) -> float:
@@ -229,65 +230,13 @@ class Trainer:
         self._require_built("learning_rate")
         self.state["opt_state"] = optimizers.set_learning_rate(self.state["opt_state"], value)
 
-    # ----------------------------------------------------------------- steps
-    def _apply(self, params, batch_stats, x, train, rngs=None):
-        """Forward pass; in training, layers whose parameters are all frozen run with train=False."""
-        frozen = masks.frozen_modules(self._flat_mask)
-
-        def freeze_bn(next_fun, args, kwargs, context):
-            module = context.module
-            if (train and isinstance(module, BatchNormalization) and context.method_name == "__call__"
-                    and module.scope is not None and tuple(module.scope.path) in frozen):
-                kwargs = {**kwargs, "train": False}
-            return next_fun(*args, **kwargs)
-
-        variables = {"params": params, "batch_stats": batch_stats}
-        if not train:
-            return self.model.apply(variables, x, train=False), batch_stats
-        with nn.intercept_methods(freeze_bn):
-            y, updates = self.model.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"])
-        return y, updates.get("batch_stats", batch_stats)
-
-    def _make_train_step(self):
-        flat_mask, loss_fn, metric_fns, tx = self._flat_mask, self.loss_fn, self.metric_fns, self.tx
-
-        def step(state, x, y):
-            rng, dropout_key = jax.random.split(state["rng"])
-            trainable, frozen = masks.split(state["params"], flat_mask)
-
-            def objective(trainable):
-                pred, batch_stats = self._apply(masks.merge(trainable, frozen), state["batch_stats"],
-                                                x, train=True, rngs={"dropout": dropout_key})
-                return jnp.mean(loss_fn(y, pred)), (pred, batch_stats)
-
-            (loss, (pred, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
-            updates, opt_state = tx.update(grads, state["opt_state"], trainable)
-            trainable = optax.apply_updates(trainable, updates)
-            new_state = {"params": masks.merge(trainable, frozen), "batch_stats": batch_stats,
-                         "opt_state": opt_state, "step": state["step"] + 1, "rng": rng}
-            logs = {"loss": loss, **{k: jnp.mean(fn(y, pred)) for k, fn in metric_fns.items()}}
-            return new_state, logs
-
-        return ops.jit(step, donate_argnums=0)
-
-    def _make_eval_step(self):
-        loss_fn, metric_fns = self.loss_fn, self.metric_fns
-
-        def step(params, batch_stats, x, y, weight):
-            pred, _ = self._apply(params, batch_stats, x, train=False)
-            sums = {"loss": jnp.sum(weight * loss_fn(y, pred)),
-                    **{k: jnp.sum(weight * fn(y, pred)) for k, fn in metric_fns.items()}}
-            return sums
-
-        return ops.jit(step)
-
     # ----------------------------------------------------------------- API
     def train_on_batch(self, x, y, seed: int = 0) -> dict:
         """One optimizer step on one batch; returns that batch's ``loss`` and metrics (floats)."""
         if not self.built:
             self.build(x, seed)
         self._check_labels(x, y, 0)
-        self.state, logs = self._train_step(self.state, *self._on_devices(x, y, pad=False))
+        self.state, logs = self._train_step(self.state, self._on_devices(x, y, pad=False))
         return {k: float(v) for k, v in logs.items()}
 
     def _placed(self, tree):
@@ -368,7 +317,7 @@ class Trainer:
                     self.build(xb, seed)
                 cb.on_batch_begin(batch)
                 self._check_labels(xb, yb, batch)
-                self.state, logs = self._train_step(self.state, *self._on_devices(xb, yb, pad=False))
+                self.state, logs = self._train_step(self.state, self._on_devices(xb, yb, pad=False))
                 n = len(xb)
                 sums = {k: sums.get(k, 0.0) + v * n for k, v in logs.items()}
                 count += n
@@ -409,8 +358,9 @@ class Trainer:
             n = len(xb)
             size = size or n
             weight = _pad(np.ones(n, np.float32), size)
-            out = self._eval_step(self.state["params"], self.state["batch_stats"],
-                                  *self._on_devices(_pad(xb, size), _pad(yb, size), weight, pad=True))
+            xd, yd, wd = self._on_devices(_pad(xb, size), _pad(yb, size), weight, pad=True)
+            out = self._eval_step({"params": self.state["params"], "batch_stats": self.state["batch_stats"]},
+                                  (xd, yd), wd)
             sums = out if sums is None else {k: sums[k] + out[k] for k in out}
             count += n
         if sums is None:
@@ -468,8 +418,8 @@ class Trainer:
         elif input_shape is not None:
             checkpoint.check_model(directory, ckpt["state"], checkpoint.model_shapes(self.model, input_shape))
         saved = ckpt["state"]
-        self.state = {"params": _copy(saved["params"]), "batch_stats": _copy(saved["batch_stats"]),
-                      "step": jnp.asarray(saved["step"]), "rng": jnp.asarray(saved["rng"])}
+        self.state = TrainState(params=_copy(saved["params"]), batch_stats=_copy(saved["batch_stats"]),
+                                opt_state=None, step=jnp.asarray(saved["step"]), rng=jnp.asarray(saved["rng"]))
         self.set_trainable(traverse_util.unflatten_dict(ckpt["flat_mask"]))
         self.state["opt_state"] = self._placed(
             _copy(checkpoint.restore_opt_state(self.state["opt_state"], saved["opt_state"])))

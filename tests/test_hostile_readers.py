@@ -151,3 +151,18 @@ def test_committed_fixtures_are_what_the_script_writes(tmp_path):
     for name, data in make.committed().items():
         assert (FIXTURES / name).read_bytes() == data, f"{name} is stale: run {FIXTURES / 'make_fixtures.py'}"
     assert (tmp_path / "unwritten.h5").exists() and (FIXTURES / "unwritten.h5").exists()
+
+
+def test_missing_keras3_variable_is_named(tmp_path):
+    """A Keras 3 layer with two variables numbered 0 and 2: one error naming the missing vars/1."""
+    import h5py
+
+    from minicnn.weights.keras_h5 import read_keras3_weights
+    from minicnn.weights.torch_pth import CorruptWeightsError
+    path = tmp_path / "gap.weights.h5"
+    with h5py.File(path, "w") as f:
+        v = f.create_group("layers/conv2d/vars")
+        v["0"] = np.zeros((3, 3, 3, 4), np.float32)
+        v["2"] = np.zeros(4, np.float32)
+    with pytest.raises(CorruptWeightsError, match=r"gap.weights.h5: dataset /layers/conv2d/vars/1 is missing"):
+        read_keras3_weights(path, [("block1_conv1", "conv2d")])

@@ -74,7 +74,10 @@ def _read_dataset(f: h5py.File, group: h5py.Group, key: str, where: str) -> np.n
     """The numbers of dataset ``group[key]`` of the open file ``f``, once they are shown to be this
     file's bytes (no external storage, virtual dataset or link into another file) and the file stores
     as many bytes as the shape declares (``MAX_INFLATION`` times fewer when compressed)."""
-    name, dset = f"{group.name}/{key}", group[key]
+    name = f"{group.name.rstrip('/')}/{key}"
+    dset = group.get(key)
+    if dset is None:
+        raise CorruptWeightsError(f"{where}: dataset {name} is missing (or links to a missing file)")
     if not isinstance(dset, h5py.Dataset):
         raise CorruptWeightsError(f"{where}: {name} is a {type(dset).__name__}, not a dataset of weights")
     if os.path.realpath(dset.file.filename) != os.path.realpath(f.filename):

@@ -9,7 +9,7 @@ import importlib
 # eager: the submodule minicnn.summary would otherwise shadow the function minicnn.summary
 from minicnn.summary import count_params, summary
 
-__version__ = "0.1.0"
+from minicnn.version import __version__
 __all__ = ["layers", "ops", "models", "masks", "inspector", "data", "augment", "weights", "train", "transfer",
            "viz", "parallel", "count_params", "summary", "pretrained", "init"]
 

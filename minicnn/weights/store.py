@@ -75,7 +75,7 @@ def _files(directory: Path) -> list[str]:
 
 
 def _write_marker(directory: Path, tree: dict, metadata: Mapping | None) -> None:
-    from minicnn import __version__
+    from minicnn.version import __version__
 
     marker = {"format": FORMAT, "version": VERSION, "minicnn": __version__,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -308,25 +308,35 @@ def _format(value: float) -> str:
 class ProgbarLogger(Callback):
     """Keras-style progress: ``verbose=1`` a per-batch tqdm bar with the running loss and metrics,
     then ``"N/N - 3s 30ms/step - accuracy: 0.5 - loss: 0.69 - val_accuracy: ... - val_loss: ..."``;
-    ``verbose=2`` only that line."""
+    ``verbose=2`` only that line.
 
-    def __init__(self, verbose=1, steps: int | None = None, epochs: int | None = None):
+    The bar shows the previous batch's running values, at most every ``interval`` seconds: reading
+    the current batch's would wait for its step to finish on the device, so the host could not
+    prepare the next batch meanwhile (Keras' progress bar also refreshes at an interval).
+    """
+
+    def __init__(self, verbose=1, steps: int | None = None, epochs: int | None = None, interval: float = 0.5):
         super().__init__()
-        self.verbose, self.steps, self.epochs = verbose, steps, epochs
+        self.verbose, self.steps, self.epochs, self.interval = verbose, steps, epochs, interval
         self.bar = None
 
     def on_epoch_begin(self, epoch, logs=None):
         print(f"Epoch {epoch + 1}/{self.epochs}")
-        self.seen, self.start = 0, time.perf_counter()
+        self.seen, self.start, self.shown, self.previous = 0, time.perf_counter(), 0.0, None
         if self.verbose == 1:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=self.steps, unit="step", leave=False, dynamic_ncols=True)
 
     def on_batch_end(self, batch, logs=None):
         self.seen = batch + 1
-        if self.bar is not None:
-            self.bar.set_postfix({k: f"{float(v):.4f}" for k, v in (logs or {}).items()}, refresh=False)
-            self.bar.update(1)
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        if self.previous is not None and now - self.shown >= self.interval:
+            self.bar.set_postfix({k: f"{float(v):.4f}" for k, v in self.previous.items()}, refresh=False)
+            self.shown = now
+        self.previous = logs or {}
+        self.bar.update(1)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.bar is not None:

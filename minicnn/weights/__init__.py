@@ -11,8 +11,8 @@ from minicnn.weights.port import list_weights, port, port_file, pretrained_varia
 from minicnn.weights.pretrained import Pretrained, init, pretrained, preprocessing
 from minicnn.weights.registry import registry
 from minicnn.weights.store import load, save
-from minicnn.weights.torch_pth import UnsafePickleError, read_pth
+from minicnn.weights.torch_pth import CorruptWeightsError, UnsafePickleError, read_pth
 
 __all__ = ["save", "load", "get", "fetch", "port", "port_file", "pretrained_variables", "list_weights",
-           "registry", "preprocess_input", "decode_predictions", "read_pth", "UnsafePickleError",
+           "registry", "preprocess_input", "decode_predictions", "read_pth", "UnsafePickleError", "CorruptWeightsError",
            "WeightsUnavailableError", "Pretrained", "pretrained", "init", "preprocessing"]

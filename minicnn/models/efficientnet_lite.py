@@ -72,7 +72,7 @@ class EfficientNetLite0(nn.Module):
     """EfficientNet-Lite0 with Keras' application arguments (4,652,008 trainable parameters with the top).
 
     x: (N, H, W, 3) float32 with H, W >= 32, preprocessed as the weights expect
-    (``minicnn.weights.preprocess_input(x, "torch")`` for ``weights="imagenet"``). Returns
+    (``minicnn.weights.preprocess_input(x, "tf")`` for ``weights="imagenet"``, as the registry says). Returns
     (N, classes) with ``include_top``, else (N, H/32, W/32, 1280), or (N, 1280) with ``pooling``.
     ``weights``: None (random), ``"imagenet"`` or a path to a ``.pth``/checkpoint of this layout: the
     variables :func:`minicnn.init` (or :func:`minicnn.pretrained`) loads for it; ``model.init`` is

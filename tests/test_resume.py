@@ -163,3 +163,14 @@ def test_evaluate_pads_device_batches_on_device():
     with no_host_copies():
         logs = trainer.evaluate(data)
     assert set(logs) == {"loss", "accuracy"} and np.isfinite(logs["loss"])
+
+
+def test_the_checkpoint_records_the_data_seed_and_a_resume_with_another_warns(tmp_path):
+    x, y = _images()
+    path = tmp_path / "ckpt"
+    full = _trainer()
+    full.fit(from_arrays(x / np.float32(255), y, batch_size=5, seed=3), epochs=2, seed=0, verbose=0,
+             callbacks=[_SaveAfter(0, path)])
+    resumed = _trainer().load(path)
+    with pytest.warns(UserWarning, match="data's seed is 4, the checkpoint's run used 3"):
+        resumed.fit(from_arrays(x / np.float32(255), y, batch_size=5, seed=4), epochs=2, initial_epoch=1, verbose=0)

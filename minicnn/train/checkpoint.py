@@ -31,26 +31,30 @@ KIND = "minicnn.train"
 
 
 def save(path: str | os.PathLike, state: dict, flat_mask: dict, epoch: int, history: History,
-         fingerprint: str | None = None):
-    """Write the checkpoint directory ``path`` atomically and return its absolute path."""
+         fingerprint: str | None = None, data_seed: int | None = None):
+    """Write the checkpoint directory ``path`` atomically and return its absolute path.
+
+    ``data_seed``: the seed of the training data's order and augmentation keys, so that a resumed
+    ``fit`` can tell whether it sees the uninterrupted run's batches (with the epoch number, the
+    data pipeline's position)."""
     tree = {
         "state": {**state, "opt_state": serialization.to_state_dict(state["opt_state"])},
         "trainable": traverse_util.unflatten_dict({k: np.asarray(v) for k, v in flat_mask.items()}),
     }
     metadata = {"kind": KIND, "epoch": int(epoch), "history": json.loads(history.to_json()),
-                "fingerprint": fingerprint}
+                "fingerprint": fingerprint, "data_seed": data_seed}
     return store.save(jax.device_get(tree), path, metadata=metadata)
 
 
 def load(path: str | os.PathLike) -> dict:
-    """``{"state", "flat_mask", "epoch", "history", "fingerprint"}`` from :func:`save`'s directory.
+    """``{"state", "flat_mask", "epoch", "history", "fingerprint", "data_seed"}`` from :func:`save`'s directory.
 
     ``state["opt_state"]`` is still a state dict; :func:`restore_opt_state` puts it into the
     optimizer's own structure.
     """
     tree = store.load(path)
     metadata = (store.read_marker(path) or {}).get("metadata", {})
-    epoch = None
+    epoch, data_seed = None, metadata.get("data_seed")
     if metadata.get("kind") == KIND:
         epoch, history, fingerprint = metadata["epoch"], json.dumps(metadata["history"]), metadata["fingerprint"]
     elif {"epoch", "history"} <= set(tree):  # minicnn 0.1: epoch and history (uint8 JSON bytes) as arrays
@@ -65,6 +69,7 @@ def load(path: str | os.PathLike) -> dict:
         "epoch": int(epoch),
         "history": History.from_json(history),
         "fingerprint": fingerprint,
+        "data_seed": data_seed,
     }
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import flax.linen as nn
@@ -143,6 +144,7 @@ class Trainer:
         self.epoch = 0
         self.history = History()
         self.stop_training = False
+        self._data_seed = None  # the seed of the data fit last trained on (kept in checkpoints)
         self._predict_step = ops.jit(lambda variables, x: model.apply(variables, x, train=False))
         self._eval_step = ops.jit(make_eval_step(model, self.loss_fn, self.metric_fns))
         self._output_widths: dict = {}  # input shape (H, W, C) -> width of the model's last axis
@@ -279,6 +281,12 @@ class Trainer:
         if initial_epoch == 0 or not self.history.epoch:
             self.history = History()
         arrays = y is not None or _is_arrays(x)
+        data_seed = seed if arrays else getattr(x, "seed", None)
+        if initial_epoch > 0 and None not in (self._data_seed, data_seed) and data_seed != self._data_seed:
+            warnings.warn(f"fit(initial_epoch={initial_epoch}): the training data's seed is {data_seed}, the "
+                          f"checkpoint's run used {self._data_seed}: the resumed run sees other batches than "
+                          f"the uninterrupted one would (pass the same seed to resume exactly)", stacklevel=2)
+        self._data_seed = data_seed
         steps = steps_per_epoch
         if steps is None and arrays:
             n = len(x if y is not None else x[0])
@@ -397,7 +405,8 @@ class Trainer:
         checksummed; only over a minicnn checkpoint or an empty directory). ``fingerprint``: any
         string naming the model, checked by :meth:`load` when it is given one too."""
         self._require_built("save")
-        return checkpoint.save(directory, self.state, self._flat_mask, self.epoch, self.history, fingerprint)
+        return checkpoint.save(directory, self.state, self._flat_mask, self.epoch, self.history, fingerprint,
+                               self._data_seed)
 
     def load(self, directory: str | os.PathLike, *, fingerprint: str | None = None,
              input_shape: Sequence[int] | None = None) -> "Trainer":
@@ -423,7 +432,7 @@ class Trainer:
         self.set_trainable(traverse_util.unflatten_dict(ckpt["flat_mask"]))
         self.state["opt_state"] = self._placed(
             _copy(checkpoint.restore_opt_state(self.state["opt_state"], saved["opt_state"])))
-        self.epoch, self.history = ckpt["epoch"], ckpt["history"]
+        self.epoch, self.history, self._data_seed = ckpt["epoch"], ckpt["history"], ckpt["data_seed"]
         return self
 
     @classmethod

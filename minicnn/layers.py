@@ -31,7 +31,8 @@ zeros = nn.initializers.zeros
 ones = nn.initializers.ones
 
 __all__ = [
-    "Conv2D", "DepthwiseConv2D", "Dense", "BatchNormalization", "Dropout", "Flatten", "Activation",
+    "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense", "BatchNormalization", "Dropout", "Flatten",
+    "Activation", "ReLU", "ZeroPadding2D", "Reshape", "Add", "Concatenate",
     "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
     "Sequential", "keras_name", "from_array",
 ]
@@ -202,6 +203,92 @@ class Activation(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         return _activate(self.activation, x)
+
+
+class ReLU(nn.Module):
+    """Keras ``ReLU``: ``max(x, 0)`` capped at ``max_value``, ``negative_slope * (x - threshold)`` below
+    ``threshold`` (MobileNet's ``ReLU(6.)``)."""
+    max_value: float | None = None
+    negative_slope: float = 0.0
+    threshold: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        y = jnp.where(x >= self.threshold, x, self.negative_slope * (x - self.threshold))
+        return y if self.max_value is None else jnp.minimum(y, self.max_value)
+
+
+class SeparableConv2D(nn.Module):
+    """Keras ``SeparableConv2D``: a depthwise conv (``depthwise_kernel`` (kh, kw, C, M)) then a 1x1 conv
+    (``pointwise_kernel`` (1, 1, C * M, filters)), then the bias and activation.
+    x: (N, H, W, C) -> (N, H', W', filters)."""
+    filters: int
+    kernel_size: int | Sequence[int] = 3
+    strides: int | Sequence[int] = 1
+    padding: ops.Padding = "valid"
+    depth_multiplier: int = 1
+    dilation_rate: int | Sequence[int] = 1
+    activation: ActivationSpec = None
+    use_bias: bool = True
+    depthwise_initializer: Initializer = glorot_uniform
+    pointwise_initializer: Initializer = glorot_uniform
+    bias_initializer: Initializer = zeros
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        ops.check_input(x, 4, what=f"{self.name} input")
+        kh, kw = ops.pair(self.kernel_size, "kernel_size")
+        c = x.shape[-1]
+        depthwise = self.param("depthwise_kernel", self.depthwise_initializer, (kh, kw, c, self.depth_multiplier))
+        pointwise = self.param("pointwise_kernel", self.pointwise_initializer,
+                               (1, 1, c * self.depth_multiplier, self.filters))
+        bias = self.param("bias", self.bias_initializer, (self.filters,)) if self.use_bias else None
+        y = ops.depthwise_conv2d(x, depthwise, None, self.strides, self.padding, self.dilation_rate, dtype=self.dtype)
+        return _activate(self.activation, ops.conv2d(y, pointwise, bias, dtype=self.dtype))
+
+
+class ZeroPadding2D(nn.Module):
+    """Keras ``ZeroPadding2D``: ``padding`` an int, ``(rows, cols)`` or ``((top, bottom), (left, right))``."""
+    padding: int | Sequence = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        p = self.padding
+        if isinstance(p, int):
+            p = ((p, p), (p, p))
+        elif all(isinstance(v, int) for v in p):
+            p = ((p[0], p[0]), (p[1], p[1]))
+        return jnp.pad(x, ((0, 0), *(tuple(v) for v in p), (0, 0)))
+
+
+class Reshape(nn.Module):
+    """Keras ``Reshape``: (N, ...) -> (N, *target_shape); one entry may be -1."""
+    target_shape: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return x.reshape(x.shape[0], *self.target_shape)
+
+
+class Add(nn.Module):
+    """Keras ``Add``: the elementwise sum of a list of same-shaped inputs (a residual connection)."""
+
+    @nn.compact
+    def __call__(self, inputs: Sequence, train: bool = False):
+        out = inputs[0]
+        for x in inputs[1:]:
+            out = out + x
+        return out
+
+
+class Concatenate(nn.Module):
+    """Keras ``Concatenate``: a list of inputs joined along ``axis`` (the channels by default)."""
+    axis: int = -1
+
+    @nn.compact
+    def __call__(self, inputs: Sequence, train: bool = False):
+        return jnp.concatenate(list(inputs), axis=self.axis)
 
 
 class _Pooling2D(nn.Module):

@@ -174,9 +174,12 @@ def test_bad_arguments_are_one_line(capsys, argv, fragment):
 
 
 def test_decompression_bomb_is_one_line(capsys, tmp_path):
-    bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(png_claiming(30000, 30000))  # 900 megapixels declared in 67 bytes
-    code, _, err = run(capsys, "predict", bomb, "--weights", "none")
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "data" / cls / "fine.png")
+    (tmp_path / "data" / "a" / "bomb.png").write_bytes(png_claiming(30000, 30000))  # 900 megapixels in 67 bytes
+    code, _, err = run(capsys, "train", tmp_path / "data", "--recipe", "scratch", "--image-size", "32",
+                       "--validation-split", "0.5", "--out", tmp_path / "run")
     assert_one_line_error(code, err, "bomb.png", "decompression bomb")
 
 

@@ -7,13 +7,11 @@ the input patch under it. These are the ground truth that the jitted ops in
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 
 # Padding arithmetic is written out here, not imported from minicnn.ops: a reference that shared the
 # code under test could not catch its mistakes (e.g. the odd "same" pixel on the wrong side).
-Padding = Union[str, int, tuple[tuple[int, int], tuple[int, int]]]
+Padding = str | int | tuple[tuple[int, int], tuple[int, int]]
 
 
 def pair(v) -> tuple[int, int]:

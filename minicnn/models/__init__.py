@@ -4,8 +4,9 @@ and :func:`minicnn.init`."""
 
 from minicnn.models.convnets import mnist_convnet, small_convnet
 from minicnn.models.efficientnet_lite import EfficientNetLite0
+from minicnn.models.inception_v3 import InceptionV3
 from minicnn.models.registry import ARCHITECTURES, Architecture, architecture
 from minicnn.models.vgg import VGG, VGG16, VGG19
 
-__all__ = ["VGG", "VGG16", "VGG19", "EfficientNetLite0", "small_convnet", "mnist_convnet",
+__all__ = ["VGG", "VGG16", "VGG19", "EfficientNetLite0", "InceptionV3", "small_convnet", "mnist_convnet",
            "Architecture", "ARCHITECTURES", "architecture"]

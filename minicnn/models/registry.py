@@ -15,6 +15,7 @@ import flax.linen as nn
 
 from minicnn.models.convnets import mnist_convnet, small_convnet
 from minicnn.models.efficientnet_lite import EfficientNetLite0
+from minicnn.models.inception_v3 import InceptionV3
 from minicnn.models.vgg import VGG16, VGG19
 
 __all__ = ["Architecture", "ARCHITECTURES", "architecture", "pretrained_names", "from_scratch_names"]
@@ -54,6 +55,9 @@ ARCHITECTURES = {a.name: a for a in (
                  "block5_conv4", "block5_conv1", ("block3_conv1", "block1_conv2")),
     Architecture("efficientnet_lite0", EfficientNetLite0, ("predictions",), 224, "efficientnet_lite0_imagenet",
                  None, "top_conv", "block6a_expand_conv", ("block3a_expand_conv", "block2a_expand_conv")),
+    # unfreeze_from: Keras' model.layers[249], where the fine-tuning example's "top 2 inception blocks" begin
+    Architecture("inception_v3", InceptionV3, ("predictions",), 299, "inception_v3_imagenet",
+                 "inception_v3_imagenet_notop", "mixed10", "conv2d_80", ("conv2d_4", "activation_2")),
     Architecture("small_convnet", small_convnet),
     Architecture("mnist_convnet", mnist_convnet),
 )}

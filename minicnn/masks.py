@@ -28,7 +28,7 @@ from minicnn import inspector
 from minicnn.layers import Sequential
 
 __all__ = ["Mask", "path_str", "flat_mask", "expand", "split", "merge", "frozen_modules", "freeze", "labels",
-           "check_frozen", "trainable_mask", "layer_order"]
+           "check_frozen", "trainable_mask", "layer_order", "keras_layers"]
 
 Mask = None | Mapping | bool | Callable[[str, Any], bool]
 Path = tuple[str, ...]
@@ -182,6 +182,23 @@ def layer_order(model: nn.Module, variables: Mapping | None = None, input_shape=
     return [i.path for i in inspector.layer_infos(model, variables, shape)]
 
 
+def keras_layers(model: nn.Module, variables: Mapping | None = None, input_shape=None) -> list[str]:
+    """The model's layers as Keras' ``model.layers`` lists them, so ``keras_layers(...)[i]`` is the
+    layer Keras calls ``model.layers[i]``.
+
+    A model other than ``Sequential`` is a Keras functional model: ``"input_layer"`` (Keras'
+    InputLayer) is index 0, then its own layers in call order (``InceptionV3``: 313 entries, as in
+    Keras). A ``Sequential`` lists its children from index 0 (Keras' ``Sequential.layers`` omits
+    the InputLayer) and a nested base is one entry (``"inception_v3"``), as in Keras.
+    """
+    return _keras_layers(model, layer_order(model, variables, input_shape))
+
+
+def _keras_layers(model: nn.Module, order: Sequence[str]) -> list[str]:
+    top = [path for path in order if "/" not in path]
+    return top if isinstance(model, Sequential) else ["input_layer", *top]
+
+
 def declared_input_shape(model: nn.Module):
     """The model's ``input_shape``, or that of a Sequential's first layer (Keras' convention)."""
     shape = getattr(model, "input_shape", None)
@@ -194,7 +211,7 @@ def trainable_mask(variables: Mapping, trainable: str | bool | None = None, *,
                    from_layer: str | None = None, layers: Iterable[str] | None = None,
                    where: Callable[[str, Any], bool] | None = None,
                    model: nn.Module | None = None, input_shape=None,
-                   order: Sequence[str] | None = None):
+                   order: Sequence[str] | None = None, from_index: int | None = None):
     """A tree of bools over ``variables["params"]``: which parameters train.
 
     ``trainable`` (``"all"``/``True`` or ``"none"``/``False``) is the state of every parameter
@@ -204,6 +221,10 @@ def trainable_mask(variables: Mapping, trainable: str | bool | None = None, *,
     - ``from_layer="block5_conv1"``: that layer and every layer called after it (Keras'
       ``set_trainable`` loop of the fine-tuning lecture); needs the call order: pass ``model``
       (and ``input_shape`` unless the model declares one) or ``order`` (from :func:`layer_order`).
+    - ``from_index=249``: the layers at Keras index 249 and after, counted as Keras'
+      ``model.layers`` counts them (:func:`keras_layers`: the InputLayer is index 0 of a functional
+      model), so ``trainable_mask(v, from_index=249, model=InceptionV3(...), input_shape=...)`` is
+      ``for layer in model.layers[:249]: layer.trainable = False``; needs ``model``.
     - ``layers=["dense", "dense_1"]``: these layers, with everything inside them (a whole
       sub-model such as ``"vgg16"`` counts as one layer).
     - ``where=lambda path, leaf: ...``: leaves whose path (``"vgg16/block1_conv1/kernel"``)
@@ -215,6 +236,8 @@ def trainable_mask(variables: Mapping, trainable: str | bool | None = None, *,
     that must appear once (``"block5_conv1"``).
     """
     params = _params(variables)
+    if from_index is not None:
+        from_layer, where, order = _from_index(from_index, model, variables, input_shape, from_layer, where)
     selectors = from_layer is not None or layers is not None or where is not None
     default = _default_state(trainable, selectors)
     paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
@@ -270,6 +293,24 @@ def _resolve(name: str, known: list[str]) -> str:
     if matches:
         raise ValueError(f"layer name {name!r} is ambiguous: it matches {matches}; pass the full path")
     raise ValueError(f"no layer named {name!r}; the layers are: {known}")
+
+
+def _from_index(index, model, variables, input_shape, from_layer, where):
+    """``from_index`` as ``(from_layer, where, order)``: the name of Keras' ``model.layers[index]``
+    (or a selector that picks nothing when ``index`` is one past the last layer: ``layers[:n]``
+    freezes all) and the call order it was found in."""
+    if from_layer is not None or model is None or isinstance(index, bool) or not isinstance(index, int):
+        raise ValueError(f"trainable_mask(from_index={index!r}) needs an int index and model= (and input_shape= "
+                         f"unless the model declares one), and no from_layer")
+    order = layer_order(model, variables, input_shape)
+    names = _keras_layers(model, order)
+    if not 0 <= index <= len(names):
+        raise ValueError(f"from_index={index} is outside 0..{len(names)}: the model has {len(names)} Keras layers "
+                         f"({names[0]} ... {names[-1]})")
+    if index == len(names):
+        return None, where if where is not None else (lambda path, leaf: False), order
+    first = 0 if isinstance(model, Sequential) else 1  # a functional model's InputLayer has no weights
+    return names[max(index, first)], where, order
 
 
 def _from(name, owners, known, model, variables, input_shape, order) -> list[bool]:

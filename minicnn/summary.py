@@ -39,12 +39,15 @@ def _shape_str(shape) -> str:
 
 
 def summary(model: nn.Module, input_shape=None, trainable: Mask = None, variables=None,
-            print_fn: Callable[[str], None] | None = print, line_length: int = 78) -> str:
+            print_fn: Callable[[str], None] | None = print, line_length: int = 78, show_index: bool = False) -> str:
     """Print and return a Keras-style table: Layer (type), Output Shape, Param #, then totals.
 
     input_shape: (H, W, C) without the batch axis; defaults to the model's ``input_shape``.
     variables: the model's variables (arrays or shapes); built abstractly when None, so a
     summary of VGG16 with top costs no memory. ``trainable`` as in :func:`count_params`.
+    ``show_index``: start each row with the layer's Keras ``model.layers`` index (the rows are
+    ``model.layers``: the InputLayer is 0 except in a Sequential), the index
+    ``trainable_mask(from_index=...)`` takes.
     """
     input_shape = input_shape or declared_input_shape(model)
     if input_shape is None:
@@ -58,12 +61,15 @@ def summary(model: nn.Module, input_shape=None, trainable: Mask = None, variable
               sum(_size(variables[c].get(name, {})) for c in variables)) for name, kind, shape in rows]
     if not isinstance(model, Sequential):
         table.insert(0, ("input_layer", "input_layer (InputLayer)", _shape_str((1, *input_shape)), 0))
+    if show_index:
+        table = [(name, f"{i:<5}{label}", shape, n) for i, (name, label, shape, n) in enumerate(table)]
     widths = (max(int(line_length * 0.45), max(len(row[1]) for row in table) + 2), int(line_length * 0.33))
     line_length = max(line_length, sum(widths) + 14)
     total, n_train, n_frozen = count_params(variables, trainable)
     name = model.name or _default_name(model)
     lines = [f'Model: "{name}"', "_" * line_length,
-             f"{'Layer (type)':<{widths[0]}}{'Output Shape':<{widths[1]}}{'Param #':>{line_length - sum(widths)}}",
+             f"{'#    ' if show_index else ''}{'Layer (type)':<{widths[0] - 5 * show_index}}"
+             f"{'Output Shape':<{widths[1]}}{'Param #':>{line_length - sum(widths)}}",
              "=" * line_length]
     for i, (_, label, shape, n) in enumerate(table):
         lines.append(f"{label:<{widths[0]}}{shape:<{widths[1]}}{n:>{line_length - sum(widths)},}")

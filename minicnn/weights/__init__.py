@@ -10,9 +10,11 @@ from minicnn.weights.imagenet import decode_predictions, preprocess_input
 from minicnn.weights.port import list_weights, port, port_file, pretrained_variables
 from minicnn.weights.pretrained import Pretrained, init, pretrained, preprocessing
 from minicnn.weights.registry import registry
+from minicnn.weights.safetensors_io import read_safetensors, save_safetensors
 from minicnn.weights.store import load, save
 from minicnn.weights.torch_pth import CorruptWeightsError, UnsafePickleError, read_pth
 
 __all__ = ["save", "load", "get", "fetch", "port", "port_file", "pretrained_variables", "list_weights",
            "registry", "preprocess_input", "decode_predictions", "read_pth", "UnsafePickleError", "CorruptWeightsError",
-           "WeightsUnavailableError", "Pretrained", "pretrained", "init", "preprocessing"]
+           "WeightsUnavailableError", "Pretrained", "pretrained", "init", "preprocessing", "read_safetensors",
+           "save_safetensors"]

@@ -3,7 +3,7 @@
 ``pretrained_variables(arch, weights, include_top)`` is how pretrained variables are obtained (by
 :func:`minicnn.init` and :func:`minicnn.pretrained`, eagerly, never under a JAX transformation):
 ``weights`` is ``"imagenet"``, a registered name or a path (legacy Keras ``.h5``, Keras 3
-``.weights.h5``, PyTorch ``.pth``, or a directory written by :func:`minicnn.weights.save`). Every
+``.weights.h5``, PyTorch ``.pth``, ``.safetensors``, or a directory written by :func:`minicnn.weights.save`). Every
 layer the architecture has must be in the file with the right shapes; the error names the layer,
 the expected and the actual shape.
 """
@@ -21,7 +21,7 @@ import numpy as np
 
 from minicnn import inspector
 from minicnn.models.registry import architecture, pretrained_names
-from minicnn.weights import keras_h5, store, torch_layouts, torch_pth
+from minicnn.weights import keras_h5, safetensors_io, store, torch_layouts, torch_pth
 from minicnn.weights.fetch import get, local_file
 from minicnn.weights.registry import entry, home, registry
 
@@ -89,7 +89,8 @@ def conform(variables: Mapping, arch: str, include_top: bool, where: str) -> dic
 
 
 def detect_format(path: Path) -> str:
-    """``"orbax"`` (a minicnn checkpoint directory), ``"keras_h5"``, ``"keras3_weights"`` or ``"torch_pth"``."""
+    """``"orbax"`` (a minicnn checkpoint directory), ``"keras_h5"``, ``"keras3_weights"``, ``"safetensors"``
+    or ``"torch_pth"``."""
     import h5py
 
     if path.is_dir():
@@ -104,12 +105,14 @@ def detect_format(path: Path) -> str:
         except OSError as e:  # h5py's message does not name the file
             raise torch_pth.CorruptWeightsError(f"{path}: a damaged HDF5 file: {e}") from None
         raise ValueError(f"{path}: an HDF5 file but neither Keras layout (no layer_names attribute, no layers/ group)")
+    if safetensors_io.is_safetensors(path):  # first: its header length may begin with a pickle's 0x80
+        return "safetensors"
     with open(path, "rb") as f:
         head = f.read(2)
     if zipfile.is_zipfile(path) or head[:1] == b"\x80":  # zip archive or pickle protocol >= 2
         return "torch_pth"
     raise ValueError(f"{path}: not a weight file minicnn can read (expected a Keras .h5/.weights.h5, "
-                     f"a PyTorch .pth, or a directory written by minicnn.weights.save)")
+                     f"a PyTorch .pth, a .safetensors, or a directory written by minicnn.weights.save)")
 
 
 def _detect_arch(names) -> str:
@@ -147,12 +150,14 @@ def port_file(path: str | os.PathLike, arch: str | None = None) -> tuple[dict, s
         has_top = any(kind == "dense" and model == base for kind, _, model in layers)  # not a head on a nested base
         variables = keras_h5.read_keras3_weights(path, _expected(arch, has_top)[1])
     else:
-        state = torch_pth.read_pth(path)
-        arch = arch or _detect_arch(state)
-        if arch == "efficientnet_lite0":
-            variables = torch_layouts.from_efficientnet_lite(state, "_fc.weight" in state, where)
+        state = safetensors_io.read_safetensors(path) if fmt == "safetensors" else torch_pth.read_pth(path)
+        if fmt == "safetensors" and safetensors_io.is_minicnn_layout(state):
+            variables = safetensors_io.to_variables(state, where)
+            arch = arch or _detect_arch(variables.get("params", {}))
         else:
-            variables = torch_layouts.from_torchvision_vgg(state, arch, "classifier.0.weight" in state, where)
+            torch_layouts.refuse_unportable(state, where)  # before guessing an architecture it is not
+            arch = arch or _detect_arch(state)
+            variables = torch_layouts.from_state_dict(state, arch, where)
     return variables, arch
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 __all__ = ["registry", "entry", "home", "REQUIRED"]
 
 REQUIRED = ("arch", "include_top", "format", "filename", "hash", "hash_algorithm", "preprocessing")
-FORMATS = ("keras_h5", "keras3_weights", "torch_pth")
+FORMATS = ("keras_h5", "keras3_weights", "torch_pth", "safetensors")
 
 
 def home() -> Path:

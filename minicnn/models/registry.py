@@ -16,7 +16,9 @@ import flax.linen as nn
 from minicnn.models.convnets import mnist_convnet, small_convnet
 from minicnn.models.efficientnet_lite import EfficientNetLite0
 from minicnn.models.inception_v3 import InceptionV3
+from minicnn.models.resnet import ResNet50
 from minicnn.models.vgg import VGG16, VGG19
+from minicnn.models.xception import Xception
 
 __all__ = ["Architecture", "ARCHITECTURES", "architecture", "pretrained_names", "from_scratch_names"]
 
@@ -32,6 +34,7 @@ class Architecture:
     gradcam_layer: the last feature map before the spatial pooling, Grad-CAM's default.
     unfreeze_from: the first layer fine-tuning opens (the lecture's ``block5_conv1`` for VGG16).
     demo_layers: ``(filter-pattern layer, activation layer)`` shown by ``minicnn demo``.
+    signature: a weighted layer only this architecture's weight files have; the porter recognises a file by it.
     """
     name: str
     build: Callable[..., nn.Module]
@@ -42,6 +45,7 @@ class Architecture:
     gradcam_layer: str | None = None
     unfreeze_from: str | None = None
     demo_layers: tuple[str, str] | None = None
+    signature: str | None = None
 
     @property
     def pretrained(self) -> bool:
@@ -58,6 +62,12 @@ ARCHITECTURES = {a.name: a for a in (
     # unfreeze_from: Keras' model.layers[249], where the fine-tuning example's "top 2 inception blocks" begin
     Architecture("inception_v3", InceptionV3, ("predictions",), 299, "inception_v3_imagenet",
                  "inception_v3_imagenet_notop", "mixed10", "conv2d_80", ("conv2d_4", "activation_2")),
+    Architecture("resnet50", ResNet50, ("predictions",), 224, "resnet50_imagenet", "resnet50_imagenet_notop",
+                 "conv5_block3_out", "conv5_block1_1_conv", ("conv3_block1_2_conv", "conv1_relu"),
+                 signature="conv5_block3_3_conv"),
+    Architecture("xception", Xception, ("predictions",), 299, "xception_imagenet", "xception_imagenet_notop",
+                 "block14_sepconv2_act", "block14_sepconv1", ("block3_sepconv1", "block1_conv1_act"),
+                 signature="block14_sepconv2"),
     Architecture("small_convnet", small_convnet),
     Architecture("mnist_convnet", mnist_convnet),
 )}

@@ -33,11 +33,12 @@ __all__ = ["is_keras3_weights", "is_legacy_h5", "keras3_layers", "read_keras3_we
 
 _ROLES = {"kernel": "kernel", "W": "kernel", "depthwise_kernel": "kernel", "bias": "bias", "b": "bias",
           "gamma": "gamma", "beta": "beta", "moving_mean": "moving_mean", "running_mean": "moving_mean",
-          "moving_variance": "moving_variance", "running_std": "moving_variance"}
+          "moving_variance": "moving_variance", "running_std": "moving_variance",
+          "pointwise_kernel": "pointwise_kernel"}
 _STATS = ("moving_mean", "moving_variance")
 # Keras 3 variable order per layer class (optional trailing ones may be absent: use_bias=False).
 _KERAS3_ROLES = {"conv2d": ("kernel", "bias"), "depthwise_conv2d": ("kernel", "bias"),
-                 "dense": ("kernel", "bias"),
+                 "dense": ("kernel", "bias"), "separable_conv2d": ("depthwise_kernel", "pointwise_kernel", "bias"),
                  "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance")}
 _MAX_NESTING = 8  # models inside models (Sequential([VGG16, ...]) is 1); HDF5 hard links can make cycles
 
@@ -121,10 +122,14 @@ def read_keras_h5(path: str | os.PathLike) -> dict:
             if layer not in root:
                 raise ValueError(f"{path}: layer_names lists {layer} but the file has no group {layer}")
             group = root[layer]
-            for wn in map(_text, group.attrs.get("weight_names", [])):
+            names = list(map(_text, group.attrs.get("weight_names", [])))
+            roles = [weight_role(layer, wn) for wn in names]
+            if "pointwise_kernel" in roles:  # a SeparableConv2D: its depthwise kernel keeps that name
+                roles = ["depthwise_kernel" if r == "kernel" else r for r in roles]
+            for wn, role in zip(names, roles):
                 if wn not in group:
                     raise ValueError(f"{path}: layer {layer} lists weight {wn!r} but has no such dataset")
-                _put(variables, layer, weight_role(layer, wn), _read_dataset(f, group, wn, str(path)), str(path))
+                _put(variables, layer, role, _read_dataset(f, group, wn, str(path)), str(path))
     return {k: v for k, v in variables.items() if v or k == "params"}
 
 

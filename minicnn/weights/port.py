@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from minicnn import inspector
-from minicnn.models.registry import architecture, pretrained_names
+from minicnn.models.registry import ARCHITECTURES, architecture, pretrained_names
 from minicnn.weights import keras_h5, safetensors_io, store, torch_layouts, torch_pth
 from minicnn.weights.fetch import get, local_file
 from minicnn.weights.registry import entry, home, registry
 
 __all__ = ["pretrained_variables", "port", "port_file", "list_weights", "detect_format"]
 
-_WEIGHTED = ("Conv2D", "DepthwiseConv2D", "Dense", "BatchNormalization")
+_WEIGHTED = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense", "BatchNormalization")
 
 
 def _top_layers(arch: str) -> tuple[str, ...]:
@@ -117,6 +117,9 @@ def detect_format(path: Path) -> str:
 
 def _detect_arch(names) -> str:
     names = set(names)
+    for a in ARCHITECTURES.values():  # a row's signature layer: in its files only
+        if a.signature in names:
+            return a.name
     if {"_conv_stem.weight", "stem_conv"} & names:
         return "efficientnet_lite0"
     if "block5_conv4" in names or "features.34.weight" in names:

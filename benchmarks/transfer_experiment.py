@@ -3,7 +3,7 @@ weights), written as the table of ``docs/TRANSFER.md``.
 
     python -m benchmarks.transfer_experiment [--out docs/TRANSFER.md] [--size 96] [--train 50] [--epochs 20]
 
-The experiment itself is :func:`minicnn.transfer.experiment.run` (also behind ``minicnn demo``);
+The experiment itself is :func:`minicnn.programs.experiment.run` (also behind ``minicnn demo``);
 this script adds what the feature cache saves (the base over all 200 images, then the same call
 again) and writes the markdown.
 """
@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 from minicnn.data import from_arrays
-from minicnn.transfer import experiment, extract_features
+from minicnn.programs import experiment
+from minicnn.transfer import extract_features
 from minicnn import pretrained
 
 
@@ -49,7 +50,7 @@ def markdown(result: dict, cache: dict) -> str:
         "# Transfer learning on real photos: faces vs non-faces",
         "",
         "Written by `python -m benchmarks.transfer_experiment` (the experiment is "
-        "`minicnn.transfer.experiment.run`). Data: `skimage.data.lfw_subset()` (200 grey 25x25 crops from "
+        "`minicnn.programs.experiment.run`). Data: `skimage.data.lfw_subset()` (200 grey 25x25 crops from "
         "Labeled Faces in the Wild: 100 faces, 100 non-face patches), upscaled to "
         f"{result['size']}x{result['size']} RGB. Stratified split with seed {result['seed']}: "
         f"{result['n_train']} training images, {result['n_test']} held-out test images (never used for a "

@@ -10,7 +10,7 @@ import importlib
 from minicnn.summary import count_params, summary
 
 from minicnn.version import __version__
-__all__ = ["layers", "ops", "models", "masks", "inspector", "data", "augment", "weights", "train", "transfer",
+__all__ = ["__version__", "layers", "ops", "models", "masks", "inspector", "data", "augment", "weights", "train", "transfer",
            "viz", "parallel", "count_params", "summary", "pretrained", "init"]
 
 _FUNCTIONS = {"pretrained": "minicnn.weights.pretrained", "init": "minicnn.weights.pretrained"}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minicnn.cli import main
+from minicnn.programs.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def assert_one_line_error(code, err, *fragments):
 
 
 def test_help_from_the_entry_point():
-    result = subprocess.run([sys.executable, "-m", "minicnn.cli", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "minicnn.programs", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     for command in ("demo", "predict", "gradcam", "filters", "activations", "summary", "train", "weights"):
         assert command in result.stdout

@@ -16,7 +16,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("clean")
-    result = subprocess.run([sys.executable, "-m", "minicnn.cli", "demo", "--quick", "--out", "out"],
+    result = subprocess.run([sys.executable, "-m", "minicnn.programs", "demo", "--quick", "--out", "out"],
                             cwd=cwd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "report.html" in result.stdout

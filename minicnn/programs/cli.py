@@ -11,8 +11,6 @@ import json
 import sys
 from pathlib import Path
 
-PRETRAINED_MODELS = ("efficientnet_lite0", "vgg16", "vgg19")  # = models.registry.pretrained_names(), kept
-MODELS = PRETRAINED_MODELS + ("small_convnet", "mnist_convnet")      # literal so that --help imports no JAX
 RECIPES = ("scratch", "features", "features-aug", "fine-tune")
 
 
@@ -51,7 +49,7 @@ def fraction(text: str) -> float:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """What bad input raises in the library: printed as one line, never as a traceback. Imported only
-    when an error is being handled (importing minicnn.cli stays cheap)."""
+    when an error is being handled (importing minicnn.programs.cli stays cheap)."""
     import pickle
 
     from PIL import Image
@@ -60,28 +58,32 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (CLIError, OSError, ValueError, KeyError, pickle.UnpicklingError, Image.DecompressionBombError)
 
 
+def _pretrained_names() -> tuple[str, ...]:
+    from minicnn.models.registry import pretrained_names  # the registry owns the model list
+    return pretrained_names()
+
+
+def _model_names() -> tuple[str, ...]:
+    from minicnn.models.registry import ARCHITECTURES
+    return tuple(ARCHITECTURES)
+
+
 def _model(name: str, weights: str | None, include_top: bool = True):
     """(model, variables, preprocess, input size) for a named model; random weights when weights is None."""
     import jax
     import jax.numpy as jnp
 
-    from minicnn import models
+    from minicnn.models import architecture, mnist_convnet, small_convnet
     from minicnn.weights import pretrained
-    if name in PRETRAINED_MODELS:
-        size = models.architecture(name).input_size
-    if name in PRETRAINED_MODELS and weights is not None:
+    arch = architecture(name)
+    if arch.pretrained and weights is not None:
         p = pretrained(name, include_top, weights)
-        return p.model, p.variables, p.preprocess, size
-    if name in PRETRAINED_MODELS:
-        model, shape = models.architecture(name).build(include_top=include_top), (size, size, 3)
-    elif name == "small_convnet":
-        model = models.small_convnet()
+        return p.model, p.variables, p.preprocess, arch.input_size
+    if arch.pretrained:
+        model, shape = arch.build(include_top=include_top), (arch.input_size, arch.input_size, 3)
+    else:  # the chapter's own convnets: their dense heads fix the input size
+        model = mnist_convnet(include_top=include_top) if arch.build is mnist_convnet else small_convnet()
         shape = model.input_shape
-    elif name == "mnist_convnet":
-        model = models.mnist_convnet(include_top=include_top)
-        shape = model.input_shape
-    else:
-        raise CLIError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *shape)))
     return model, variables, (lambda x: x), shape[0]
 
@@ -150,7 +152,7 @@ def cmd_filters(args) -> int:
     from minicnn import viz
     # The conv base suffices and takes any size; the small convnets' dense heads fix their input size.
     model, variables, preprocess, size = _model(args.model, _weights_arg(args.weights), include_top=False)
-    size = args.size or (128 if args.model in PRETRAINED_MODELS else size)
+    size = args.size or (128 if args.model in _pretrained_names() else size)
     patterns = viz.filter_patterns(model, variables, args.layer, filters=list(range(args.filters)),
                                    size=size, steps=args.steps, preset=args.preset,
                                    key=jax.random.key(args.seed), preprocess=preprocess)
@@ -172,13 +174,13 @@ def cmd_activations(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    import minicnn
+    from minicnn.summary import summary
     model, variables, _, size = _model(args.model, None, include_top=not args.no_top)
     shape = tuple(args.input_shape) if args.input_shape else (
         getattr(model, "input_shape", None) or (size, size, 3))
     if args.input_shape:
         variables = None  # rebuilt abstractly at the requested size
-    minicnn.summary(model, shape, variables=variables)
+    summary(model, shape, variables=variables)
     return 0
 
 
@@ -253,7 +255,7 @@ def cmd_weights(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from minicnn.demo import run_demo
+    from minicnn.programs.demo import run_demo
     run_demo(args.out, model=args.model, quick=args.quick)
     return 0
 
@@ -268,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    def model_args(p, default="efficientnet_lite0", choices=PRETRAINED_MODELS):
+    pretrained_models, models = _pretrained_names(), _model_names()
+
+    def model_args(p, default="efficientnet_lite0", choices=pretrained_models):
         p.add_argument("--model", default=default, choices=choices)
         p.add_argument("--weights", default="imagenet",
                        help='"imagenet" (default), a weight file, or "none" for random weights')
@@ -291,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
 
     p = add("filters", cmd_filters, "filter patterns of a layer by gradient ascent")
-    p.add_argument("model", choices=MODELS, metavar="MODEL")
+    p.add_argument("model", choices=models, metavar="MODEL")
     p.add_argument("layer", metavar="LAYER")
     p.add_argument("--out")
     p.add_argument("--weights", default="imagenet")
@@ -309,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
 
     p = add("summary", cmd_summary, "Keras-style summary of a model")
-    p.add_argument("model", choices=MODELS, metavar="MODEL")
+    p.add_argument("model", choices=models, metavar="MODEL")
     p.add_argument("--input-shape", type=positive_int, nargs=3, metavar=("H", "W", "C"))
     p.add_argument("--no-top", action="store_true", help="the conv base only (include_top=False)")
 

@@ -97,7 +97,7 @@ def _augmentation_figure(images, out, figures, seed):
 
 
 def _comparison(model_name, quick, out, figures, summary, seed):
-    from minicnn.transfer import experiment
+    from minicnn.programs import experiment
     # Sized for a 2-core CPU: the full demo in under 10 minutes, --quick in under 2
     # (docs/TRANSFER.md has the larger run: 96x96, 20 epochs).
     settings = dict(size=48, n_train=40, epochs=3, scratch_epochs=4) if quick else dict(

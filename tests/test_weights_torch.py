@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from minicnn.models import VGG16
-from minicnn.weights import UnsafePickleError, port_file, pretrained_variables, read_pth
+from minicnn.weights import UnsafePickleError, get, port_file, pretrained_variables, read_pth
 
 torch = pytest.importorskip("torch", reason="PyTorch writes the reference .pth files and computes the logits")
 nn = torch.nn
@@ -192,3 +192,9 @@ def test_expanded_and_empty_tensors_and_deflated_archives(tmp_path):
         assert got["empty"].shape == (0, 3)
         for k in ("w", "t"):
             np.testing.assert_array_equal(got[k], state[k].numpy(), err_msg=f"{path.name} {k}")
+
+
+def test_tensors_come_back_c_contiguous():
+    """A channels-last kernel in the file reads as a C-contiguous array (raw-buffer writers rely on it)."""
+    state = read_pth(get("efficientnet_lite0_imagenet"))
+    assert all(v.flags.c_contiguous for v in state.values())

@@ -274,7 +274,7 @@ def _copy(t: _Tensor) -> np.ndarray:
     if math.prod(t.size) == 0:
         return np.zeros(t.size, flat.dtype)
     strides = tuple(st * flat.itemsize if n > 1 else 0 for n, st in zip(t.size, t.stride))
-    return np.array(np.lib.stride_tricks.as_strided(flat[t.offset:], t.size, strides, writeable=False))
+    return np.array(np.lib.stride_tricks.as_strided(flat[t.offset:], t.size, strides, writeable=False), order="C")
 
 
 def _materialize(obj, where: str, load) -> dict[str, np.ndarray]:

@@ -9,6 +9,11 @@ Numerics are module fields, as in Flax: ``dtype`` (the compute dtype of Conv2D, 
 Dense; parameters stay float32) and ``algorithm`` (Conv2D's convolution algorithm). ``None`` follows
 the scoped defaults ``with ops.compute_dtype(...)`` / ``with ops.conv_algorithm(...)`` read when the
 model is traced (the input's dtype and ``"auto"`` outside any block).
+
+Every layer, and ``Sequential``, has Keras' ``trainable`` field (default True): ``Dense(32,
+trainable=False)`` freezes that layer's weights, a frozen model freezes every layer inside it.
+The field is read by :func:`minicnn.masks.from_trainable_fields`, which the ``Trainer`` and
+:func:`minicnn.summary` use when no mask is given; it does not change the forward pass.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ class Conv2D(nn.Module):
     bias_initializer: Initializer = zeros
     dtype: Any = None
     algorithm: str | None = None
+    trainable: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -110,6 +116,7 @@ class DepthwiseConv2D(nn.Module):
     depthwise_initializer: Initializer = glorot_uniform
     bias_initializer: Initializer = zeros
     dtype: Any = None
+    trainable: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -135,6 +142,7 @@ class Dense(nn.Module):
     kernel_initializer: Initializer = glorot_uniform
     bias_initializer: Initializer = zeros
     dtype: Any = None
+    trainable: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -158,6 +166,7 @@ class BatchNormalization(nn.Module):
     gamma_initializer: Initializer = ones
     moving_mean_initializer: Initializer = zeros
     moving_variance_initializer: Initializer = ones
+    trainable: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -180,6 +189,7 @@ class BatchNormalization(nn.Module):
 class Dropout(nn.Module):
     """Keras ``Dropout``: active only with ``train=True``; draws from the ``"dropout"`` RNG stream."""
     rate: float
+    trainable: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -190,6 +200,7 @@ class Dropout(nn.Module):
 
 class Flatten(nn.Module):
     """(N, ...) -> (N, prod(...)), row-major over H, W, C (Keras' channels_last order)."""
+    trainable: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -199,6 +210,7 @@ class Flatten(nn.Module):
 class Activation(nn.Module):
     """Keras ``Activation``: apply a named activation (``"relu"``, ``"softmax"``, ...)."""
     activation: ActivationSpec
+    trainable: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -211,6 +223,7 @@ class ReLU(nn.Module):
     max_value: float | None = None
     negative_slope: float = 0.0
     threshold: float = 0.0
+    trainable: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -234,6 +247,7 @@ class SeparableConv2D(nn.Module):
     pointwise_initializer: Initializer = glorot_uniform
     bias_initializer: Initializer = zeros
     dtype: Any = None
+    trainable: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -251,6 +265,7 @@ class SeparableConv2D(nn.Module):
 class ZeroPadding2D(nn.Module):
     """Keras ``ZeroPadding2D``: ``padding`` an int, ``(rows, cols)`` or ``((top, bottom), (left, right))``."""
     padding: int | Sequence = 1
+    trainable: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -265,6 +280,7 @@ class ZeroPadding2D(nn.Module):
 class Reshape(nn.Module):
     """Keras ``Reshape``: (N, ...) -> (N, *target_shape); one entry may be -1."""
     target_shape: tuple[int, ...]
+    trainable: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -273,6 +289,7 @@ class Reshape(nn.Module):
 
 class Add(nn.Module):
     """Keras ``Add``: the elementwise sum of a list of same-shaped inputs (a residual connection)."""
+    trainable: bool = True
 
     @nn.compact
     def __call__(self, inputs: Sequence, train: bool = False):
@@ -285,6 +302,7 @@ class Add(nn.Module):
 class Concatenate(nn.Module):
     """Keras ``Concatenate``: a list of inputs joined along ``axis`` (the channels by default)."""
     axis: int = -1
+    trainable: bool = True
 
     @nn.compact
     def __call__(self, inputs: Sequence, train: bool = False):
@@ -296,6 +314,7 @@ class _Pooling2D(nn.Module):
     pool_size: int | Sequence[int] = 2
     strides: int | Sequence[int] | None = None
     padding: ops.Padding = "valid"
+    trainable: bool = True
     pool: ClassVar[Callable]
 
     @nn.compact
@@ -316,6 +335,7 @@ class AveragePooling2D(_Pooling2D):
 class _GlobalPooling2D(nn.Module):
     """(N, H, W, C) -> (N, C), or (N, 1, 1, C) with ``keepdims``."""
     keepdims: bool = False
+    trainable: bool = True
     pool: ClassVar[Callable]
 
     @nn.compact
@@ -367,6 +387,7 @@ class Sequential(nn.Module):
     """
     layers: Any
     input_shape: tuple[int, ...] | None = None
+    trainable: bool = True
 
     def __post_init__(self):
         if not isinstance(self.layers, _Opaque):

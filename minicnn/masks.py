@@ -28,7 +28,7 @@ from minicnn import inspector
 from minicnn.layers import Sequential
 
 __all__ = ["Mask", "path_str", "flat_mask", "expand", "split", "merge", "frozen_modules", "freeze", "labels",
-           "check_frozen", "trainable_mask", "layer_order", "keras_layers"]
+           "check_frozen", "trainable_mask", "layer_order", "keras_layers", "from_trainable_fields"]
 
 Mask = None | Mapping | bool | Callable[[str, Any], bool]
 Path = tuple[str, ...]
@@ -199,6 +199,34 @@ def _keras_layers(model: nn.Module, order: Sequence[str]) -> list[str]:
     return top if isinstance(model, Sequential) else ["input_layer", *top]
 
 
+def from_trainable_fields(model: nn.Module, variables: Mapping | None = None, input_shape=None) -> Mask:
+    """The mask the modules' ``trainable`` fields say (Keras' ``layer.trainable``): None when every
+    field is True (or absent), False when ``model.trainable`` is False, else a tree of bools over
+    ``params`` (``Sequential([VGG16(trainable=False), Flatten(), Dense(1)])``: every ``vgg16`` leaf False).
+
+    A frozen module freezes every parameter inside it, whatever its children's fields say (Keras:
+    ``conv_base.trainable = False`` freezes all of ``conv_base``); ``model.trainable=False`` freezes
+    everything. The modules are found by tracing the model once abstractly
+    (:func:`minicnn.inspector.layer_infos`), so layers built inside ``@nn.compact`` count too.
+    input_shape: (H, W, C); defaults to the model's ``input_shape``. variables: arrays or shapes;
+    built abstractly when None.
+    """
+    if not getattr(model, "trainable", True):
+        return False
+    shape = tuple(input_shape or declared_input_shape(model) or ())
+    if not shape:
+        raise ValueError(f"from_trainable_fields({type(model).__name__}) needs input_shape=(H, W, C): the "
+                         "layers are found by tracing the model on an input of that shape")
+    if variables is None:
+        variables = inspector.abstract_variables(model, shape)
+    frozen = [tuple(i.path.split("/")) for i in inspector.layer_infos(model, variables, shape)
+              if not getattr(i.module, "trainable", True)]
+    if not frozen:
+        return None
+    return traverse_util.unflatten_dict({path: not any(path[:len(f)] == f for f in frozen)
+                                         for path in traverse_util.flatten_dict(dict(variables.get("params", {})))})
+
+
 def declared_input_shape(model: nn.Module):
     """The model's ``input_shape``, or that of a Sequential's first layer (Keras' convention)."""
     shape = getattr(model, "input_shape", None)
@@ -237,7 +265,7 @@ def trainable_mask(variables: Mapping, trainable: str | bool | None = None, *,
     """
     params = _params(variables)
     if from_index is not None:
-        from_layer, where, order = _from_index(from_index, model, variables, input_shape, from_layer, where)
+        from_layer, where, order = _from_index(from_index, model, variables, input_shape, from_layer, where, order)
     selectors = from_layer is not None or layers is not None or where is not None
     default = _default_state(trainable, selectors)
     paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
@@ -295,14 +323,14 @@ def _resolve(name: str, known: list[str]) -> str:
     raise ValueError(f"no layer named {name!r}; the layers are: {known}")
 
 
-def _from_index(index, model, variables, input_shape, from_layer, where):
+def _from_index(index, model, variables, input_shape, from_layer, where, order):
     """``from_index`` as ``(from_layer, where, order)``: the name of Keras' ``model.layers[index]``
     (or a selector that picks nothing when ``index`` is one past the last layer: ``layers[:n]``
     freezes all) and the call order it was found in."""
     if from_layer is not None or model is None or isinstance(index, bool) or not isinstance(index, int):
         raise ValueError(f"trainable_mask(from_index={index!r}) needs an int index and model= (and input_shape= "
                          f"unless the model declares one), and no from_layer")
-    order = layer_order(model, variables, input_shape)
+    order = layer_order(model, variables, input_shape) if order is None else list(order)
     names = _keras_layers(model, order)
     if not 0 <= index <= len(names):
         raise ValueError(f"from_index={index} is outside 0..{len(names)}: the model has {len(names)} Keras layers "

@@ -86,6 +86,7 @@ class EfficientNetLite0(nn.Module):
     classifier_activation: str | Callable | None = "softmax"
     dropout_rate: float = 0.2
     drop_connect_rate: float = 0.2
+    trainable: bool = True  # Keras' model.trainable: False freezes every layer inside
 
     arch = "efficientnet_lite0"
 

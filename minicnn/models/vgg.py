@@ -39,6 +39,7 @@ class VGG(nn.Module):
     pooling: str | None = None
     classes: int = 1000
     classifier_activation: str | Callable | None = "softmax"
+    trainable: bool = True  # Keras' model.trainable: False freezes every layer inside
 
     def __post_init__(self):
         check_arguments(self)

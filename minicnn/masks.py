@@ -213,10 +213,11 @@ def from_trainable_fields(model: nn.Module, variables: Mapping | None = None, in
     """
     if not getattr(model, "trainable", True):
         return False
-    shape = tuple(input_shape or declared_input_shape(model) or ())
-    if not shape:
+    shape = input_shape if input_shape is not None else declared_input_shape(model)
+    if shape is None:
         raise ValueError(f"from_trainable_fields({type(model).__name__}) needs input_shape=(H, W, C): the "
                          "layers are found by tracing the model on an input of that shape")
+    shape = tuple(shape)
     if variables is None:
         variables = inspector.abstract_variables(model, shape)
     frozen = [tuple(i.path.split("/")) for i in inspector.layer_infos(model, variables, shape)

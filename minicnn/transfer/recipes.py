@@ -22,13 +22,16 @@ import jax
 import jax.numpy as jnp
 
 from minicnn.data import from_arrays
-from minicnn.layers import Dense, Dropout, Flatten, Sequential
+from minicnn.layers import Dense, Dropout, Flatten, GlobalAveragePooling2D, Sequential
 from minicnn.train import History, Trainer, optimizers
 from minicnn.transfer.features import extract_features
-from minicnn.masks import trainable_mask
+from minicnn.masks import keras_layers, trainable_mask
+from minicnn.models.inception_v3 import InceptionV3
+from minicnn.weights.imagenet import preprocess_input
 from minicnn.weights.pretrained import graft, init
 
 __all__ = ["train_from_scratch", "feature_extraction", "feature_extraction_with_augmentation", "fine_tune",
+           "fine_tune_inception_v3",
            "default_head", "pretrained_model"]
 
 
@@ -182,3 +185,32 @@ def _batchnorm_leaves(variables):
         return bool(node)
 
     return jax.tree_util.tree_map_with_path(is_bn, variables["params"])
+
+
+def fine_tune_inception_v3(train, validation=None, *, classes: int, weights: str | None = "imagenet",
+                           epochs: tuple[int, int] = (30, 30), freeze_below: int = 249, augment=None,
+                           seed: int = 0, verbose: int = 0, callbacks=()) -> History:
+    """The InceptionV3 lecture, as Keras' fine-tuning example runs it.
+
+    ``InceptionV3(include_top=False, weights=weights)``, then GlobalAveragePooling2D,
+    Dense(1024, relu), Dense(classes, softmax), on ``preprocess_input(x, "tf")``. Phase 1 trains
+    the head on the frozen base with RMSprop (Keras' default rate, 1e-3); phase 2 freezes Keras'
+    ``model.layers[:freeze_below]`` of that functional model (249: "the top 2 inception blocks",
+    ``mixed9`` and ``mixed10``, train, their BatchNormalization included as in Keras) and trains
+    with SGD(1e-4, momentum=0.9). ``epochs``: (phase 1, phase 2); labels are class indices.
+    """
+    base = InceptionV3(include_top=False, weights=weights)
+    head = [GlobalAveragePooling2D(), Dense(1024, activation="relu"), Dense(classes, activation="softmax")]
+    preprocess = lambda x: preprocess_input(x, "tf")  # noqa: E731
+    x = _first_x(_prepared(train, preprocess=preprocess))
+    # the lecture's Model(base.input, predictions) lists the base's layers first, InputLayer at 0
+    names = keras_layers(base, None, x.shape[1:])
+    if not 1 <= freeze_below < len(names):
+        raise ValueError(f"freeze_below={freeze_below} must index a layer of the base, 1..{len(names) - 1}")
+    unfreeze_from = names[freeze_below]
+    phase1 = feature_extraction_with_augmentation(
+        base, train, validation, head=head, classes=classes, epochs=epochs[0], optimizer="rmsprop",
+        learning_rate=1e-3, augment=augment, preprocess=preprocess, seed=seed, verbose=verbose, callbacks=callbacks)
+    return fine_tune(base, train, validation, unfreeze_from=unfreeze_from, classes=classes, epochs=(0, epochs[1]),
+                     optimizer=optimizers.sgd(1e-4, momentum=0.9), augment=augment, preprocess=preprocess,
+                     train_batchnorm=True, phase1=phase1, seed=seed, verbose=verbose, callbacks=callbacks)

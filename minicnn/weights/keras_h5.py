@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -167,9 +167,12 @@ def keras3_layers(path: str | os.PathLike) -> list[tuple[str, str, str]]:
                 for kind, group, order, name, _ in _keras3_groups(f, path)]
 
 
-def read_keras3_weights(path: str | os.PathLike, layers: Sequence[tuple[str, str]]) -> dict:
+def read_keras3_weights(path: str | os.PathLike, layers: Sequence[tuple[str, str]],
+                        leaves: Mapping[str, Collection[str]] | None = None) -> dict:
     """Keras 3 ``.weights.h5`` -> minicnn variables for a model whose weighted layers, in call
     order, are ``layers = [(name, kind), ...]`` with kind a Keras class name (``"conv2d"``).
+    ``leaves``: ``{layer: its leaf names}`` when a layer lacks some of its class's variables (the
+    file stores them by position: InceptionV3's ``BatchNormalization(scale=False)`` has no gamma).
 
     Layers of the file absent from ``layers`` (a top the model does not have) are dropped only
     when they come after every matched layer of their kind; count mismatches raise naming both.
@@ -177,10 +180,11 @@ def read_keras3_weights(path: str | os.PathLike, layers: Sequence[tuple[str, str
     with h5py.File(path, "r") as f:
         if not is_keras3_weights(f):
             raise ValueError(f"{path}: not a Keras 3 .weights.h5 file (no layers/ group)")
-        return _read_keras3_pairs(f, path, _keras3_groups(f, path), layers)
+        return _read_keras3_pairs(f, path, _keras3_groups(f, path), layers, leaves or {})
 
 
-def _read_keras3_pairs(f: h5py.File, path, groups: list, layers: Sequence[tuple[str, str]]) -> dict:
+def _read_keras3_pairs(f: h5py.File, path, groups: list, layers: Sequence[tuple[str, str]],
+                       leaves: Mapping[str, Collection[str]]) -> dict:
     """Match the file's groups to the model's layers (by recorded name, else by kind and creation
     order) and read the matched datasets only."""
     variables: dict = {"params": {}, "batch_stats": {}}
@@ -198,7 +202,7 @@ def _read_keras3_pairs(f: h5py.File, path, groups: list, layers: Sequence[tuple[
                                  f"({', '.join(model_layers)}), the file only {len(file_layers)}")
             pairs += list(zip(model_layers, file_layers))
     for layer, (kind, group_name, _, _, vars_) in pairs:
-        roles = _KERAS3_ROLES[kind]
+        roles = tuple(r for r in _KERAS3_ROLES[kind] if layer not in leaves or r in leaves[layer])
         if len(vars_) > len(roles):
             raise ValueError(f"{path}: {group_name} ({layer}) has {len(vars_)} variables, "
                              f"a {kind} has at most {len(roles)}")

@@ -117,6 +117,8 @@ def detect_format(path: Path) -> str:
 
 def _detect_arch(names) -> str:
     names = set(names)
+    if {"conv2d_93", "batch_normalization_93"} <= names:  # 94 auto-named conv2d_bn blocks, from 0 or 1
+        return "inception_v3"
     for a in ARCHITECTURES.values():  # a row's signature layer: in its files only
         if a.signature in names:
             return a.name
@@ -128,6 +130,29 @@ def _detect_arch(names) -> str:
         return "vgg16"
     raise ValueError(f"cannot tell the architecture from layers {sorted(names)[:5]}...; pass arch= "
                      f"(one of {', '.join(pretrained_names())})")
+
+
+def _legacy_by_order(variables: dict, arch: str, where: str) -> dict:
+    """A legacy file's layers renamed to ``arch``'s by order when its names are not the model's.
+
+    Keras' legacy loader pairs the file's weighted layers with ``model.layers``' by position, not by
+    name; the names differ when Keras 2 wrote them (its auto names began at 1: the published
+    InceptionV3 file's ``conv2d_1`` is the model's ``conv2d``). The counts must agree, with or
+    without the top; shapes are checked by :func:`conform`.
+    """
+    file_layers = list(variables["params"])  # the file's layer_names order; every weighted layer has params
+    counts = {}
+    for top in (True, False):
+        model_layers = [name for name, _ in _expected(arch, top)[1]]
+        if top and set(file_layers) <= set(model_layers):
+            return variables  # the model's own names
+        if len(file_layers) == len(model_layers):
+            rename = dict(zip(file_layers, model_layers))
+            return {c: {rename.get(k, k): v for k, v in tree.items()} for c, tree in variables.items()}
+        counts[top] = len(model_layers)
+    raise ValueError(f"{where}: the file's layer names ({', '.join(file_layers[:3])}, ...) are not {arch}'s, and "
+                     f"its {len(file_layers)} weighted layers are not {arch}'s {counts[True]} (with the top) or "
+                     f"{counts[False]} (without) to pair by order as Keras does")
 
 
 def port_file(path: str | os.PathLike, arch: str | None = None) -> tuple[dict, str]:
@@ -144,6 +169,7 @@ def port_file(path: str | os.PathLike, arch: str | None = None) -> tuple[dict, s
     elif fmt == "keras_h5":
         variables = keras_h5.read_keras_h5(path)
         arch = arch or _detect_arch(variables["params"])
+        variables = _legacy_by_order(variables, arch, where)
     elif fmt == "keras3_weights":
         layers = keras_h5.keras3_layers(path)  # [(kind, name, model)], nested models included
         if arch is None:
@@ -151,7 +177,10 @@ def port_file(path: str | os.PathLike, arch: str | None = None) -> tuple[dict, s
             arch = {13: "vgg16", 16: "vgg19"}.get(n_conv) or _detect_arch(name for _, name, _ in layers)
         base = next((model for kind, _, model in layers if kind == "conv2d"), "layers")
         has_top = any(kind == "dense" and model == base for kind, _, model in layers)  # not a head on a nested base
-        variables = keras_h5.read_keras3_weights(path, _expected(arch, has_top)[1])
+        shapes, order = _expected(arch, has_top)
+        leaves = {name: {*shapes["params"].get(name, ()), *shapes.get("batch_stats", {}).get(name, ())}
+                  for name, _ in order}
+        variables = keras_h5.read_keras3_weights(path, order, leaves)
     else:
         state = safetensors_io.read_safetensors(path) if fmt == "safetensors" else torch_pth.read_pth(path)
         if fmt == "safetensors" and safetensors_io.is_minicnn_layout(state):

@@ -10,6 +10,7 @@ from minicnn.data.decode import (
 )
 from minicnn.data.directory import (
     DirectoryDataset,
+    flow_from_directory,
     image_dataset_from_directory,
     list_image_files,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "MappedDataset",
     "check_image",
     "decode_image",
+    "flow_from_directory",
     "from_arrays",
     "image_dataset_from_directory",
     "list_image_files",

@@ -20,6 +20,7 @@ __all__ = [
     "check_target_size",
     "decode_image",
     "load_image",
+    "resize_like_image_dataset",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -32,6 +33,10 @@ INTERPOLATIONS = {
     "box": Image.Resampling.BOX,
     "lanczos": Image.Resampling.LANCZOS,
 }
+# Keras' image_dataset_from_directory does not resize with Pillow: it decodes, casts to float32 and calls
+# tf.image.resize / keras.ops.image.resize (half-pixel centres, no antialiasing). These are the two methods
+# minicnn reproduces that way (Pillow's bilinear antialiases a downscale: 2-13 levels off on a photo).
+TENSOR_INTERPOLATIONS = ("bilinear", "nearest")
 COLOR_MODES = {"rgb": "RGB", "grayscale": "L"}
 # Pillow clips 16-bit samples to 255 when converting to L or RGB; these are rescaled by 255 / 65535 instead.
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -111,23 +116,62 @@ def load_image(
     path,
     target_size: tuple[int, int] | None = (150, 150),
     color_mode: str = "rgb",
-    interpolation: str = "bilinear",
+    interpolation: str = "nearest",
     max_pixels: int | None = None,
 ) -> np.ndarray:
     """Decode ``path`` to ``(H, W, 3)`` ('rgb') or ``(H, W, 1)`` ('grayscale') float32 in [0, 255].
 
     Pixel-identical to Keras' ``img_to_array(load_img(path, color_mode, target_size, interpolation))``: the image
     is converted with Pillow (alpha dropped; palette, CMYK and LA converted), then resized to ``target_size``
-    (``(height, width)``, None keeps the size) with the Pillow filter named by ``interpolation``. 16-bit images
+    (``(height, width)``, None keeps the size) with the Pillow filter named by ``interpolation``, ``"nearest"``
+    by default as in ``load_img`` (``image_dataset_from_directory`` resizes bilinearly: pass
+    ``interpolation="bilinear"`` for its pixels). 16-bit images
     (modes ``I;16*``/``I``) are the exception: Keras clips them to 255, here they are scaled by 255 / 65535.
     """
     return decode_image(path, target_size, color_mode, interpolation, max_pixels).astype(np.float32)
 
 
-def decode_image(path, target_size=(150, 150), color_mode="rgb", interpolation="bilinear", max_pixels=None):
+def _axis_weights(size_in: int, size_out: int, interpolation: str) -> np.ndarray:
+    """(size_out, size_in) float32 resampling matrix of one axis: sample ``i`` sits at ``(i + 0.5) * scale - 0.5``
+    (half-pixel centres); bilinear takes the two neighbours (clamped at the border), nearest the pixel
+    ``floor((i + 0.5) * scale)``."""
+    scale = np.float32(size_in / size_out)
+    centres = (np.arange(size_out, dtype=np.float32) + np.float32(0.5)) * scale
+    weights = np.zeros((size_out, size_in), np.float32)
+    rows = np.arange(size_out)
+    if interpolation == "nearest":
+        weights[rows, np.minimum(np.floor(centres).astype(np.int64), size_in - 1)] = 1
+        return weights
+    position = centres - np.float32(0.5)
+    low = np.floor(position)
+    frac = (position - low).astype(np.float32)
+    low = low.astype(np.int64)
+    np.add.at(weights, (rows, np.clip(low, 0, size_in - 1)), 1 - frac)
+    np.add.at(weights, (rows, np.clip(low + 1, 0, size_in - 1)), frac)
+    return weights
+
+
+def resize_like_image_dataset(image: np.ndarray, target_size, interpolation: str = "bilinear") -> np.ndarray:
+    """Resize ``image: (h, w, C)`` to ``(H, W, C)`` float32 as Keras' ``image_dataset_from_directory`` does
+    (``tf.image.resize`` / ``keras.ops.image.resize``: half-pixel centres, no antialiasing, no rounding), for
+    ``interpolation`` in ``TENSOR_INTERPOLATIONS``. Separable: two small matrix products."""
+    rows = _axis_weights(image.shape[0], target_size[0], interpolation)
+    cols = _axis_weights(image.shape[1], target_size[1], interpolation)
+    return np.einsum("Hh,hwc,Ww->HWc", rows, image.astype(np.float32), cols, optimize=True)
+
+
+def decode_image(path, target_size=(150, 150), color_mode="rgb", interpolation="nearest", max_pixels=None,
+                 resize="pillow"):
     """``load_image`` without the final cast: uint8 for 8-bit images (a quarter of the bytes to move), float32
-    for 16-bit ones."""
+    for 16-bit ones. ``resize="tensor"`` resizes as ``image_dataset_from_directory`` does instead of with
+    Pillow (:func:`resize_like_image_dataset`; float32)."""
     check_target_size(target_size)
+    if resize == "tensor":
+        if interpolation not in TENSOR_INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {TENSOR_INTERPOLATIONS}, got {interpolation!r}")
+        array = decode_image(path, None, color_mode, interpolation, max_pixels)
+        same = target_size is None or array.shape[:2] == tuple(target_size)
+        return array if same else resize_like_image_dataset(array, target_size, interpolation)
     if color_mode not in COLOR_MODES:
         raise ValueError(f"color_mode must be one of {tuple(COLOR_MODES)}, got {color_mode!r}")
     if interpolation not in INTERPOLATIONS:

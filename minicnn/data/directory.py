@@ -17,13 +17,14 @@ from minicnn.data.decode import (
     COLOR_MODES,
     IMAGE_EXTENSIONS,
     INTERPOLATIONS,
+    TENSOR_INTERPOLATIONS,
     BadImageError,
     check_image,
     check_target_size,
     decode_image,
 )
 
-__all__ = ["DirectoryDataset", "image_dataset_from_directory"]
+__all__ = ["DirectoryDataset", "flow_from_directory", "image_dataset_from_directory"]
 
 CLASS_MODES = ("binary", "categorical", "sparse", None)
 _BAD_FILE = (BadImageError, Image.DecompressionBombError)
@@ -194,6 +195,7 @@ class DirectoryDataset(Dataset):
         prefetch,
         cache,
         skipped_folders=(),
+        resize="pillow",
     ):
         super().__init__(batch_size, shuffle, seed, drop_remainder)
         self.class_names = list(class_names)
@@ -203,6 +205,7 @@ class DirectoryDataset(Dataset):
         self.target_size = tuple(target_size)
         self.color_mode = color_mode
         self.interpolation = interpolation
+        self.resize = resize
         self.on_error = on_error
         self.max_pixels = max_pixels
         self.num_workers = num_workers
@@ -258,7 +261,8 @@ class DirectoryDataset(Dataset):
 
     def _load(self, path):
         try:
-            image = decode_image(path, self.target_size, self.color_mode, self.interpolation, self.max_pixels)
+            image = decode_image(path, self.target_size, self.color_mode, self.interpolation, self.max_pixels,
+                                 self.resize)
         except _BAD_FILE as e:
             return e
         if self._cache is not None:
@@ -325,13 +329,18 @@ def image_dataset_from_directory(
     cache: bool = False,
     follow_links: bool = False,
     augment=None,
+    verbose: bool = True,
 ):
-    """Batches from ``directory/<class_name>/<image files>``, the ``flow_from_directory`` workflow.
+    """Batches from ``directory/<class_name>/<image files>``, as Keras' ``image_dataset_from_directory``.
 
     Classes are the sub-folders sorted by name (``class_indices``); images are .jpg .jpeg .png .bmp .gif .tif
-    .tiff .webp files anywhere below them, decoded and resized to ``target_size`` (height, width) exactly as Keras'
-    ``load_img`` does. ``ds.epoch(n)`` yields the ``(x, y)`` batches of epoch ``n`` (``iter(ds)`` is always epoch
-    0, see ``minicnn.data.dataset``): ``x: (B, H, W, 3|1) float32`` in [0, 255], ``y`` per ``class_mode``:
+    .tiff .webp files anywhere below them, decoded with Pillow and resized to ``target_size`` (height, width) as
+    Keras' ``image_dataset_from_directory`` resizes: the float image through ``tf.image.resize`` semantics
+    (half-pixel centres, no antialiasing), ``interpolation`` 'bilinear' (Keras' default; float pixels) or
+    'nearest'. The legacy ``flow_from_directory`` resizes with Pillow, nearest by default:
+    :func:`flow_from_directory`. ``verbose`` prints Keras' lines "Found N files belonging to K classes." and,
+    with a split, "Using N files for training." / "... for validation.". ``ds.epoch(n)`` yields the ``(x, y)``
+    batches of epoch ``n`` (``iter(ds)`` is always epoch 0, see ``minicnn.data.dataset``): ``x: (B, H, W, 3|1) float32`` in [0, 255], ``y`` per ``class_mode``:
     'binary' (B,) float32 (needs exactly 2 classes), 'categorical' (B, K) float32 one-hot, 'sparse' (B,) int32,
     None (``x`` only). The last batch is smaller unless ``drop_remainder``.
 
@@ -351,11 +360,25 @@ def image_dataset_from_directory(
     ``target_size`` must be two positive ints.
 
     ``num_workers`` decoding threads (default: Python's ThreadPoolExecutor default) stay ``prefetch`` batches
-    ahead. ``cache=True`` keeps every decoded image in memory (uint8, ``samples * H * W * C`` bytes), so later
+    ahead. ``cache=True`` keeps every decoded image in memory (``samples * H * W * C`` float32 after a bilinear
+    resize, uint8 otherwise), so later
     epochs skip the files and, with augmentation on the device, the host has almost nothing left to do.
     ``augment``: an ``ImageAugmenter`` applied on device to the training batches, ``ds.map(augment)`` keyed from
     ``ds.seed`` (never to the validation subset).
     """
+    return _from_directory(
+        directory, target_size, batch_size, class_mode, color_mode, shuffle, seed, interpolation, validation_split,
+        subset, drop_remainder=drop_remainder, on_error=on_error, max_pixels=max_pixels, num_workers=num_workers,
+        prefetch=prefetch, cache=cache, follow_links=follow_links, augment=augment, verbose=verbose, resize="tensor",
+    )
+
+
+def _from_directory(
+    directory, target_size, batch_size, class_mode, color_mode, shuffle, seed, interpolation, validation_split, subset,
+    *, drop_remainder, on_error, max_pixels, num_workers, prefetch, cache, follow_links, augment, verbose, resize,
+):
+    """``image_dataset_from_directory`` with the resizing chosen: ``resize="tensor"`` as Keras' tensor resize
+    (its ``image_dataset_from_directory``), ``"pillow"`` as Keras' ``load_img`` (``flow_from_directory``)."""
     if class_mode not in CLASS_MODES:
         raise ValueError(f"class_mode must be one of {CLASS_MODES}, got {class_mode!r}")
     if on_error not in ("raise", "skip"):
@@ -365,8 +388,10 @@ def image_dataset_from_directory(
     check_target_size(target_size)
     if color_mode not in COLOR_MODES:
         raise ValueError(f"color_mode must be one of {tuple(COLOR_MODES)}, got {color_mode!r}")
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {interpolation!r}")
+    methods = TENSOR_INTERPOLATIONS if resize == "tensor" else tuple(INTERPOLATIONS)
+    if interpolation not in methods:
+        hint = " (Pillow's filters: flow_from_directory(interpolation=...))" if resize == "tensor" else ""
+        raise ValueError(f"interpolation must be one of {methods}, got {interpolation!r}{hint}")
     if validation_split is not None and not 0 < validation_split < 1:
         raise ValueError(f"validation_split must be strictly between 0 and 1, got {validation_split!r}")
     if (validation_split is None) != (subset is None):
@@ -379,6 +404,8 @@ def image_dataset_from_directory(
     if seed is None:  # drawn once and kept in ds.seed: the listing shuffle and every epoch follow from it
         seed = new_seed()
     paths, classes, class_names, skipped_folders = _index(directory, follow_links, on_error)
+    if verbose:
+        print(f"Found {len(paths)} files belonging to {len(class_names)} classes.")
     if class_mode == "binary" and len(class_names) != 2:
         raise ValueError(
             f"class_mode='binary' needs exactly 2 class folders in {os.fspath(directory)!r}, found "
@@ -403,6 +430,7 @@ def image_dataset_from_directory(
         prefetch=prefetch,
         cache=cache,
         skipped_folders=skipped_folders,
+        resize=resize,
     )
     if validation_split is None:
         ds = DirectoryDataset(paths, classes, class_names, **settings)
@@ -413,6 +441,10 @@ def image_dataset_from_directory(
             f"validation_split={validation_split} of {len(paths)} images leaves an empty "
             f"{'validation' if n_val == 0 else 'training'} subset"
         )
+    if verbose:  # Keras' two lines, in its order
+        for name, count in (("training", len(paths) - n_val), ("validation", n_val)):
+            if subset in (name, "both"):
+                print(f"Using {count} files for {name}.")
     subsets = {}
     if subset in ("training", "both"):
         train = DirectoryDataset(paths[:-n_val], classes[:-n_val], class_names, **settings)
@@ -420,3 +452,48 @@ def image_dataset_from_directory(
     if subset in ("validation", "both"):
         subsets["validation"] = DirectoryDataset(paths[-n_val:], classes[-n_val:], class_names, **settings)
     return (subsets["training"], subsets["validation"]) if subset == "both" else subsets[subset]
+
+
+_FLOW_OPTIONS = ("drop_remainder", "on_error", "max_pixels", "num_workers", "prefetch", "cache")
+
+
+def flow_from_directory(
+    directory,
+    target_size: tuple[int, int] = (256, 256),
+    *,
+    color_mode: str = "rgb",
+    class_mode: str | None = "categorical",
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int | None = None,
+    interpolation: str = "nearest",
+    follow_links: bool = False,
+    augment=None,
+    **options,
+):
+    """Keras' ``ImageDataGenerator().flow_from_directory(directory, ...)`` as a minicnn dataset.
+
+    Keras' defaults (``target_size=(256, 256)``, ``class_mode="categorical"``, ``batch_size=32``) and its
+    resizing: ``interpolation="nearest"``, where :func:`image_dataset_from_directory` resizes bilinearly, so
+    the batches are pixel-identical to Keras' ``DirectoryIterator`` (unshuffled order: classes by name, files
+    by path). Prints Keras' line "Found N images belonging to K classes.". ``augment``: an ``ImageAugmenter``
+    in place of the generator's augmentation arguments (``rescale=1./255`` is ``ds.map(lambda x: x / 255)``).
+    ``options``: ``image_dataset_from_directory``'s keyword options (``drop_remainder``, ``on_error``,
+    ``max_pixels``, ``num_workers``, ``prefetch``, ``cache``). The generator's ``validation_split``/``subset``
+    and ``classes=`` are not offered: use separate folders (the lecture's layout) or
+    ``image_dataset_from_directory(validation_split=, subset=)``. Returns a ``DirectoryDataset`` (mapped by
+    ``augment``), batches ``x: (B, H, W, 3|1) float32`` in [0, 255] and ``y`` per ``class_mode``.
+    """
+    unknown = sorted(set(options) - set(_FLOW_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"flow_from_directory: unexpected argument(s) {unknown}; its options are {list(_FLOW_OPTIONS)} "
+            "(for a validation split use image_dataset_from_directory(validation_split=, subset=))"
+        )
+    settings = dict(drop_remainder=False, on_error="raise", max_pixels=None, num_workers=None, prefetch=2, cache=False)
+    ds = _from_directory(
+        directory, target_size, batch_size, class_mode, color_mode, shuffle, seed, interpolation, None, None,
+        follow_links=follow_links, augment=None, verbose=False, resize="pillow", **{**settings, **options},
+    )
+    print(f"Found {ds.samples + ds.skipped} images belonging to {ds.num_classes} classes.")
+    return ds if augment is None else ds.map(augment)

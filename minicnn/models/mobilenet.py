@@ -29,7 +29,12 @@ from minicnn.layers import (
     Reshape,
     ZeroPadding2D,
 )
-from minicnn.models.common import MIN_SIZE, check_arguments, check_images, warn_if_random
+from minicnn.models.common import (
+    MIN_SIZE,
+    check_arguments,
+    check_images,
+    warn_if_random,
+)
 
 # MobileNet's depthwise-separable blocks after the stem: (pointwise filters at alpha 1, strides).
 MOBILENET_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),

@@ -276,3 +276,44 @@ def test_grad_cam_equals_a_pytorch_hook_implementation(setup):
     cam = torch.relu((weights * a).sum(1))
     cam = cam / cam.amax(dim=(1, 2), keepdim=True)
     np.testing.assert_allclose(grad_cam(model, variables, x), cam.detach().numpy(), atol=1e-5)
+
+
+def test_probability_target_is_the_lecture_algorithm_run_in_keras():
+    """Chollet's chapter-5 Grad-CAM, line by line, on the same small convnet built in Keras 3 with the same weights:
+    grads = d model.output[:, c] / d last_conv.output (the softmax output), pooled_grads = mean over (0, 1, 2),
+    each channel of the feature map scaled by its pooled gradient, heatmap = mean over channels, ReLU, / max."""
+    keras = pytest.importorskip("keras")
+    model = tiny()
+    x = jax.random.uniform(jax.random.key(11), (1, 18, 18, 3)) * 2
+    variables = he_variables(model, x, seed=4)  # He-scaled: a confident softmax, where the two targets differ
+    params = jax.tree.map(np.asarray, variables["params"])
+    k = keras.Sequential([keras.Input((18, 18, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
+                          keras.layers.MaxPooling2D(2),
+                          keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="last_conv"),
+                          keras.layers.MaxPooling2D(2), keras.layers.Flatten(),
+                          keras.layers.Dense(5, activation="softmax")])
+    for layer, name in zip([k.layers[0], k.layers[2], k.layers[5]], ["conv2d", "conv2d_1", "dense"]):
+        layer.set_weights([params[name]["kernel"], params[name]["bias"]])
+    last = k.get_layer("last_conv")
+    conv_model = keras.Model(k.inputs[0], last.output)
+    head = k.layers[k.layers.index(last) + 1:]
+
+    def output_of_class(conv_output, c):  # model.output[:, c] as a function of the last conv layer's output
+        for layer in head:
+            conv_output = layer(conv_output)
+        return conv_output[0, c]
+
+    conv_output = conv_model(np.asarray(x))
+    c = int(np.argmax(k(np.asarray(x))))
+    grads = jax.grad(output_of_class)(conv_output, c)
+    pooled_grads = np.asarray(grads).mean(axis=(0, 1, 2))
+    conv_output_value = np.asarray(conv_output)[0].copy()
+    for i in range(conv_output_value.shape[-1]):
+        conv_output_value[:, :, i] *= pooled_grads[i]
+    heatmap = np.maximum(np.mean(conv_output_value, axis=-1), 0)
+    heatmap /= np.max(heatmap)
+
+    np.testing.assert_allclose(grad_cam(model, variables, x, target="probability")[0], heatmap, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(grad_cam(model, variables, x, class_index=c, target="probability")[0], heatmap,
+                               rtol=0, atol=1e-6)
+    assert np.abs(np.asarray(grad_cam(model, variables, x)[0]) - heatmap).max() > 1e-3  # the logit's map differs

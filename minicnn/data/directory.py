@@ -340,9 +340,9 @@ def image_dataset_from_directory(
     'nearest'. The legacy ``flow_from_directory`` resizes with Pillow, nearest by default:
     :func:`flow_from_directory`. ``verbose`` prints Keras' lines "Found N files belonging to K classes." and,
     with a split, "Using N files for training." / "... for validation.". ``ds.epoch(n)`` yields the ``(x, y)``
-    batches of epoch ``n`` (``iter(ds)`` is always epoch 0, see ``minicnn.data.dataset``): ``x: (B, H, W, 3|1) float32`` in [0, 255], ``y`` per ``class_mode``:
-    'binary' (B,) float32 (needs exactly 2 classes), 'categorical' (B, K) float32 one-hot, 'sparse' (B,) int32,
-    None (``x`` only). The last batch is smaller unless ``drop_remainder``.
+    batches of epoch ``n`` (``iter(ds)`` is always epoch 0, see ``minicnn.data.dataset``):
+    ``x: (B, H, W, 3|1) float32`` in [0, 255], ``y`` per ``class_mode``: 'binary' (B,) float32 (needs exactly
+    2 classes), 'categorical' (B, K) float32 one-hot, 'sparse' (B,) int32, None (``x`` only). The last batch is smaller unless ``drop_remainder``.
 
     ``seed`` fixes the file order of every epoch; None draws one, kept in ``ds.seed`` (pass it again to rebuild the
     same dataset, e.g. to resume training). ``validation_split`` with ``subset`` ('training', 'validation' or
@@ -361,8 +361,7 @@ def image_dataset_from_directory(
 
     ``num_workers`` decoding threads (default: Python's ThreadPoolExecutor default) stay ``prefetch`` batches
     ahead. ``cache=True`` keeps every decoded image in memory (``samples * H * W * C`` float32 after a bilinear
-    resize, uint8 otherwise), so later
-    epochs skip the files and, with augmentation on the device, the host has almost nothing left to do.
+    resize, uint8 otherwise), so later epochs skip the files and, with augmentation on the device, the host has almost nothing left to do.
     ``augment``: an ``ImageAugmenter`` applied on device to the training batches, ``ds.map(augment)`` keyed from
     ``ds.seed`` (never to the validation subset).
     """

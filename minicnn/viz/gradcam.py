@@ -96,7 +96,13 @@ def _normalise(cam):
 
 def grad_cam(model: nn.Module, variables: Mapping, images, class_index=None, layer: str | None = None,
              target: str = "logit"):
-    """Grad-CAM (Selvaraju et al. 2017): where the feature map ``layer`` supports the class score.
+    """Grad-CAM of the class logit by default (paper, Keras example); target="probability": the lecture's map.
+
+    Selvaraju et al. 2017: where the feature map ``layer`` supports the class score. The default differentiates
+    the pre-softmax score, as the paper and Keras' current Grad-CAM example (which removes the last activation)
+    do; Chollet's chapter-5 lecture differentiates the model's softmax output (``model.output[:, class]``):
+    ``target="probability"`` gives that map exactly (the two correlate, but differ: a confident softmax
+    saturates its gradient).
 
     images: (N, H, W, C) float32, preprocessed as the model expects. class_index: None (each image's
     top prediction), an int, or (N,) ints. layer: a layer path or suffix; default the last feature

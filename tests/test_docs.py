@@ -38,7 +38,7 @@ from PIL import Image
 keras = pytest.importorskip("keras", reason="Keras 3 writes the stand-in ImageNet file ([test] extra)")
 skimage_data = pytest.importorskip("skimage.data", reason="the photos come from scikit-image ([test] extra)")
 
-from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
+from keras.src.legacy.saving import legacy_h5_format
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "docs" / "TUTORIAL.md"]
@@ -49,7 +49,7 @@ SKIPPED = {"TUTORIAL.md": ['minicnn.pretrained("efficientnet_lite0")']}
 
 def python_blocks(path: Path) -> list[str]:
     """The text of every ```python fenced block of ``path``, in order."""
-    return re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.M | re.S)
+    return re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.MULTILINE | re.DOTALL)
 
 
 def shrink(code: str) -> str:

@@ -100,8 +100,11 @@ def test_restore_best_weights_puts_back_the_best_epoch(trainer):
 
 def test_auto_mode_reads_the_metric_name():
     assert EarlyStopping("val_accuracy").mode == "max" and EarlyStopping("loss").mode == "min"
+    # Keras' metrics carry a direction: AUC, precision and recall go up, losses used as metrics go down
+    assert EarlyStopping("val_auc").mode == "max" and EarlyStopping("Precision").mode == "max"
+    assert EarlyStopping("val_mse").mode == "min"
     with pytest.raises(ValueError, match="pass mode='min' or mode='max'"):
-        EarlyStopping("val_auc")
+        EarlyStopping("val_f1ish")
 
 
 PLATEAU = [  # (kwargs, sequence)

@@ -3,6 +3,11 @@
 A callback sees the trainer as ``self.trainer``: ``trainer.stop_training``, ``trainer.learning_rate``
 (read/write), ``trainer.variables`` (a host copy) and ``trainer.set_variables``, ``trainer.save``.
 Epochs are 0-based in the hooks and 1-based in messages and file names, as in Keras.
+
+One deliberate difference: a ``monitor`` that is not in the logs at the end of an epoch raises
+``ValueError`` (naming the monitor and the logged names). Keras 3 only warns, every epoch, so a
+misspelt monitor (``"val_acc"`` when the metric is ``"accuracy"``) silently never stops, saves or
+reduces anything.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from minicnn.train.metrics import direction
 
 __all__ = ["Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler",
            "ReduceLROnPlateau", "CSVLogger", "TensorBoard", "TerminateOnNaN", "ProgbarLogger"]
@@ -63,21 +70,19 @@ class CallbackList(Callback):
 
 class _Monitor(Callback):
     """Keras' ``MonitorCallback``: improvement means ``current - min_delta`` beats ``best`` in the
-    direction of ``mode`` (``"auto"``: down for losses, up for accuracies)."""
+    direction of ``mode`` (``"auto"``: :func:`minicnn.train.metrics.direction`, down for losses, up for
+    accuracies, AUC, precision and recall)."""
 
     def __init__(self, monitor: str, mode: str, min_delta: float, baseline: float | None = None):
         super().__init__()
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"{type(self).__name__}: mode must be 'auto', 'min' or 'max', got {mode!r}")
         if mode == "auto":
-            name = monitor.removeprefix("val_")
-            if name == "loss" or name.endswith("crossentropy"):
-                mode = "min"
-            elif "acc" in name:
-                mode = "max"
-            else:
+            way = direction(monitor)
+            if way is None:
                 raise ValueError(f"{type(self).__name__}: cannot tell whether {monitor!r} should go up "
                                  f"or down; pass mode='min' or mode='max'")
+            mode = "max" if way == "up" else "min"
         self.monitor, self.mode = monitor, mode
         self.min_delta = abs(min_delta) * (-1 if mode == "min" else 1)
         self.baseline = baseline
@@ -89,10 +94,13 @@ class _Monitor(Callback):
         return shifted < reference if self.mode == "min" else shifted > reference
 
     def _current(self, logs):
+        """The monitored value; a monitor missing from the logs raises (Keras 3 warns and goes on)."""
         value = (logs or {}).get(self.monitor)
         if value is None:
-            warnings.warn(f"{type(self).__name__} monitors {self.monitor!r}, which is not in the logs "
-                          f"(available: {', '.join(logs or {})})", stacklevel=3)
+            raise ValueError(f"{type(self).__name__} monitors {self.monitor!r}, which is not in the logs "
+                             f"(logged: {', '.join(logs or {}) or 'nothing'}); metrics are logged under the "
+                             f"names given to the Trainer (metrics=['acc'] logs 'acc' and 'val_acc'). Keras 3 "
+                             f"only warns here and the callback never acts; minicnn stops the run instead")
         return value
 
 
@@ -115,7 +123,7 @@ class EarlyStopping(_Monitor):
 
     def on_epoch_end(self, epoch, logs=None):
         current = self._current(logs)
-        if current is None or epoch < self.start_from_epoch:
+        if epoch < self.start_from_epoch:
             return
         if self.restore_best_weights and self.best_weights is None:
             self.best_weights, self.best_epoch = self.trainer.variables, epoch
@@ -166,22 +174,22 @@ class ModelCheckpoint(_Monitor):
             return
         if self.save_best_only:
             current = self._current(logs)
-            if current is not None:
-                if not self._is_improvement(current, self.best):
-                    if self.verbose:
-                        print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
-                    return
+            if not self._is_improvement(current, self.best):
                 if self.verbose:
-                    print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best} to {current:.5f}, "
-                          f"saving model to {path}")
-                self.best = current
+                    print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                return
+            if self.verbose:
+                print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best} to {current:.5f}, "
+                      f"saving model to {path}")
+            self.best = current
         elif self.verbose:
             print(f"\nEpoch {epoch + 1}: saving model to {path}")
         self.trainer.save(path)
 
 
 class LearningRateScheduler(Callback):
-    """At each epoch's start set the learning rate to ``schedule(epoch, lr)`` (``epoch`` 0-based)."""
+    """At each epoch's start set the learning rate to ``schedule(epoch, lr)`` (``epoch`` 0-based); at its
+    end log it as ``learning_rate`` (as Keras 3 does, so History has it)."""
 
     def __init__(self, schedule: Callable[[int, float], float], verbose=0):
         super().__init__()
@@ -193,11 +201,16 @@ class LearningRateScheduler(Callback):
         if self.verbose:
             print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr}.")
 
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.trainer.learning_rate)
+
 
 class ReduceLROnPlateau(_Monitor):
     """Multiply the learning rate by ``factor`` after ``patience`` epochs without an improvement
     larger than ``min_delta`` (absolute, per epoch, like Keras), then wait ``cooldown`` epochs;
-    never below ``min_lr``."""
+    never below ``min_lr``. Logs the epoch's learning rate (before any reduction) as ``learning_rate``,
+    as Keras 3 does."""
 
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
                  min_delta=1e-4, cooldown=0, min_lr=0.0):
@@ -211,9 +224,9 @@ class ReduceLROnPlateau(_Monitor):
         self.best, self.wait, self.cooldown_counter = None, 0, 0
 
     def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.trainer.learning_rate)
         current = self._current(logs)
-        if current is None:
-            return
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.wait = 0
@@ -278,10 +291,14 @@ class TensorBoard(Callback):
         self.writers = {split: SummaryWriter(str(self.log_dir / split)) for split in ("train", "validation")}
 
     def on_epoch_end(self, epoch, logs=None):
-        for key, value in (logs or {}).items():
+        logs = dict(logs or {})  # Keras writes the learning rate to TensorBoard, not into the fit's logs
+        try:
+            logs.setdefault("learning_rate", float(self.trainer.learning_rate))
+        except ValueError:  # an optax transform without inject_hyperparams has no readable rate
+            pass
+        for key, value in logs.items():
             split = "validation" if key.startswith("val_") else "train"
-            name = {"lr": "learning_rate"}.get(key, key.removeprefix("val_"))
-            self.writers[split].add_scalar(f"epoch_{name}", float(value), epoch)
+            self.writers[split].add_scalar(f"epoch_{key.removeprefix('val_')}", float(value), epoch)
         for w in self.writers.values():
             w.flush()
 
@@ -351,4 +368,4 @@ class ProgbarLogger(Callback):
 def _keras_order(item):
     """Training metrics, then validation metrics, then the learning rate, each group alphabetical."""
     key = item[0]
-    return (key == "lr", key.startswith("val_"), key)
+    return (key == "learning_rate", key.startswith("val_"), key)

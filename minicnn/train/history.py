@@ -21,7 +21,8 @@ def smooth_curve(points, factor: float = 0.8) -> list[float]:
 
 
 class History(Callback):
-    """Records ``history[key] = [value per epoch]`` (``loss``, ``accuracy``, ``val_*``, ``lr``) and
+    """Records ``history[key] = [value per epoch]`` (``loss``, the metrics as named, ``val_*``, and
+    ``learning_rate`` when a learning-rate callback logs it) and
     ``epoch = [epoch index, ...]``, like Keras' ``History``."""
 
     def __init__(self, history: dict | None = None, epoch: list | None = None):

@@ -1,8 +1,9 @@
-"""Keras' cross-entropy losses as pure per-sample functions.
+"""Keras' losses as pure per-sample functions: cross-entropies, squared/absolute error, hinges, KL divergence.
 
 Each loss takes ``(y_true, y_pred)`` and returns one value per sample, shape (N,) (Keras averages
-the elementwise binary loss over the last axis, and sums the categorical one over classes). The
-trainer averages them over the batch, as Keras' ``"sum_over_batch_size"`` reduction does.
+the elementwise binary, squared, absolute and hinge losses over the last axis, and sums the
+categorical ones over classes). The trainer averages them over the batch, as Keras'
+``"sum_over_batch_size"`` reduction does (with sample weights: ``sum(w * loss) / N``).
 
 ``from_logits=False`` matches Keras exactly, including its clipping of probabilities to
 ``[1e-7, 1 - 1e-7]``; ``from_logits=True`` is computed with ``log_sigmoid``/``log_softmax`` and is
@@ -21,7 +22,8 @@ import numpy as np
 EPSILON = 1e-7  # keras.backend.epsilon()
 
 __all__ = ["binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy",
-           "get", "match_rank", "check_labels", "EPSILON"]
+           "mean_squared_error", "mean_absolute_error", "hinge", "squared_hinge", "categorical_hinge",
+           "kl_divergence", "get", "match_rank", "check_labels", "EPSILON"]
 
 
 def match_rank(y_true, y_pred):
@@ -77,6 +79,63 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits: bool = False):
     return -jnp.take_along_axis(log_p, y_true[..., None], axis=-1)[..., 0]
 
 
+def _same_rank(y_true, y_pred):
+    """Float ``(y_true, y_pred)`` of one rank: labels (N,) meet a one-unit output (N, 1) (Keras'
+    ``squeeze_or_expand_to_same_rank``)."""
+    y_pred = jnp.asarray(y_pred)
+    y_true = match_rank(y_true, y_pred).astype(y_pred.dtype)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true shape {y_true.shape} does not match y_pred shape {y_pred.shape}")
+    return y_true, y_pred
+
+
+def mean_squared_error(y_true, y_pred):
+    """y_true, y_pred: (N, ..., K) -> (N, ...) mean of squared differences over K."""
+    y_true, y_pred = _same_rank(y_true, y_pred)
+    return jnp.mean(jnp.square(y_true - y_pred), axis=-1)
+
+
+def mean_absolute_error(y_true, y_pred):
+    """y_true, y_pred: (N, ..., K) -> (N, ...) mean of absolute differences over K."""
+    y_true, y_pred = _same_rank(y_true, y_pred)
+    return jnp.mean(jnp.abs(y_true - y_pred), axis=-1)
+
+
+def _hinge_labels(y_true):
+    """0/1 labels become -1/1 when every label of the batch is 0 or 1; others pass unchanged (as Keras)."""
+    binary = jnp.all((y_true == 0) | (y_true == 1))
+    return jnp.where(binary, 2.0 * y_true - 1.0, y_true)
+
+
+def hinge(y_true, y_pred):
+    """y_true: (N, K) labels in {-1, 1} (or {0, 1}); y_pred: (N, K) scores -> (N,) mean of max(1 - y*p, 0)."""
+    y_true, y_pred = _same_rank(y_true, y_pred)
+    return jnp.mean(jnp.maximum(1.0 - _hinge_labels(y_true) * y_pred, 0.0), axis=-1)
+
+
+def squared_hinge(y_true, y_pred):
+    """As :func:`hinge`, squared before the mean."""
+    y_true, y_pred = _same_rank(y_true, y_pred)
+    return jnp.mean(jnp.square(jnp.maximum(1.0 - _hinge_labels(y_true) * y_pred, 0.0)), axis=-1)
+
+
+def categorical_hinge(y_true, y_pred):
+    """y_true: (N, K) one-hot; y_pred: (N, K) -> (N,) ``max(max_wrong - true + 1, 0)``."""
+    y_pred = jnp.asarray(y_pred)
+    y_true = jnp.asarray(y_true, y_pred.dtype)
+    pos = jnp.sum(y_true * y_pred, axis=-1)
+    neg = jnp.max((1.0 - y_true) * y_pred, axis=-1)
+    return jnp.maximum(neg - pos + 1.0, 0.0)
+
+
+def kl_divergence(y_true, y_pred):
+    """y_true, y_pred: (N, K) distributions, both clipped to [1e-7, 1] as Keras -> (N,) sum of t log(t / p)."""
+    y_pred = jnp.asarray(y_pred)
+    y_true = jnp.clip(jnp.asarray(y_true, y_pred.dtype), EPSILON, 1.0)
+    y_pred = jnp.clip(y_pred, EPSILON, 1.0)
+    return jnp.sum(y_true * jnp.log(y_true / y_pred), axis=-1)
+
+
 def check_labels(loss: Callable, y_true, classes: Callable[[], int], batch: int) -> None:
     """Raise ValueError when a batch's labels are outside what ``loss`` accepts.
 
@@ -107,20 +166,41 @@ def check_labels(loss: Callable, y_true, classes: Callable[[], int], batch: int)
                          f"({bad.size} of {y.size} out of range); expected {want}")
 
 
-_BY_NAME = {f.__name__: f for f in (binary_crossentropy, categorical_crossentropy,
-                                     sparse_categorical_crossentropy)}
+_CROSSENTROPIES = (binary_crossentropy, categorical_crossentropy, sparse_categorical_crossentropy)
+_OTHERS = (mean_squared_error, mean_absolute_error, hinge, squared_hinge, categorical_hinge, kl_divergence)
+_BY_NAME = {f.__name__: f for f in (*_CROSSENTROPIES, *_OTHERS)}
+# Keras' aliases (keras.losses.ALL_OBJECTS_DICT): short names and the loss classes' names
+ALIASES = {"bce": "binary_crossentropy", "BCE": "binary_crossentropy", "mse": "mean_squared_error",
+           "MSE": "mean_squared_error", "mae": "mean_absolute_error", "MAE": "mean_absolute_error",
+           "kld": "kl_divergence", "KLD": "kl_divergence", "BinaryCrossentropy": "binary_crossentropy",
+           "CategoricalCrossentropy": "categorical_crossentropy",
+           "SparseCategoricalCrossentropy": "sparse_categorical_crossentropy", "MeanSquaredError": "mean_squared_error",
+           "MeanAbsoluteError": "mean_absolute_error", "Hinge": "hinge", "SquaredHinge": "squared_hinge",
+           "CategoricalHinge": "categorical_hinge", "KLDivergence": "kl_divergence"}
+
+
+def by_name(name: str) -> Callable | None:
+    """The per-sample loss a Keras name or alias stands for (``"mse"`` -> :func:`mean_squared_error`), or None."""
+    return _BY_NAME.get(ALIASES.get(name, name))
 
 
 def get(loss: str | Callable, from_logits: bool = False) -> Callable:
     """A per-sample loss ``fn(y_true, y_pred) -> (N,)`` from a Keras name or a callable.
 
     A callable is used as it is; ``fn.__name__`` (or the name) tells the trainer which accuracy
-    ``"accuracy"`` means.
+    ``"accuracy"`` means. ``from_logits`` applies to the cross-entropies only (as in Keras, whose
+    other losses have no such argument).
     """
     if callable(loss):
         return loss
-    if loss not in _BY_NAME:
-        raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(_BY_NAME)} or a callable")
-    fn = functools.partial(_BY_NAME[loss], from_logits=from_logits)
-    functools.update_wrapper(fn, _BY_NAME[loss])
-    return fn
+    fn = by_name(loss) if isinstance(loss, str) else None
+    if fn is None:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(_BY_NAME)}, an alias "
+                         f"({', '.join(sorted(ALIASES))}) or a callable")
+    if fn not in _CROSSENTROPIES:
+        if from_logits:
+            raise ValueError(f"loss {loss!r} takes no from_logits (only the cross-entropies do)")
+        return fn
+    partial = functools.partial(fn, from_logits=from_logits)
+    functools.update_wrapper(partial, fn)
+    return partial

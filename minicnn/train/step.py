@@ -76,14 +76,16 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
                     metrics: Mapping[str, LossFn] | None = None):
     """``step(state, (x, y)) -> (state, logs)``: one optimizer step, pure (jit and donate it).
 
-    loss_fn, metrics: per-sample ``fn(y_true, y_pred) -> (N,)`` (:mod:`minicnn.train.losses`,
-    :mod:`minicnn.train.metrics`); logs are their batch means, ``{"loss": (), name: ()}``.
+    loss_fn, metrics: per-sample ``fn(y_true, y_pred) -> (N, ...)`` (:mod:`minicnn.train.losses`,
+    :mod:`minicnn.train.metrics`); logs are their batch means over the sample axis, ``{"loss": (), name: (...)}``.
     tx: built with :func:`minicnn.masks.freeze` over the same ``mask`` (``init_state`` with it).
+    batch: ``(x, y)`` or ``(x, y, sample_weight)`` with sample_weight (N,): the loss is then Keras'
+    ``sum(sample_weight * loss) / N``; metrics stay unweighted (Keras' ``metrics``, not ``weighted_metrics``).
     """
     metrics = dict(metrics or {})
 
     def step(state: TrainState, batch) -> tuple[TrainState, dict]:
-        x, y = batch
+        x, y, *sample_weight = batch
         flat = masks.flat_mask(state["params"], mask)
         rng, dropout_key = jax.random.split(state["rng"])
         trainable, frozen = masks.split(state["params"], flat)
@@ -92,7 +94,9 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
             pred, batch_stats = apply_model(model, masks.merge(trainable, frozen), state["batch_stats"], x,
                                             train=True, frozen=masks.frozen_modules(flat),
                                             rngs={"dropout": dropout_key})
-            return jnp.mean(loss_fn(y, pred)), (pred, batch_stats)
+            per_sample = loss_fn(y, pred)
+            loss = jnp.mean(per_sample * sample_weight[0] if sample_weight else per_sample)
+            return loss, (pred, batch_stats)
 
         (loss, (pred, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
         # frozen leaves: zero gradients (constants, nothing computed) that the frozen partition discards
@@ -101,20 +105,26 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
         trainable = optax.apply_updates(trainable, masks.split(updates, flat)[0])  # frozen leaves untouched
         new = TrainState(params=masks.merge(trainable, frozen), batch_stats=batch_stats, opt_state=opt_state,
                          step=state["step"] + 1, rng=rng)
-        return new, {"loss": loss, **{k: jnp.mean(fn(y, pred)) for k, fn in metrics.items()}}
+        return new, {"loss": loss, **{k: jnp.mean(fn(y, pred), axis=0) for k, fn in metrics.items()}}
 
     return step
 
 
 def make_eval_step(model: nn.Module, loss_fn: LossFn, metrics: Mapping[str, LossFn] | None = None):
-    """``step(variables, (x, y), weight) -> sums``: weighted sums of the loss and metrics in inference
-    mode (``weight`` (N,) is 0 on padding rows, so one compiled program serves a smaller last batch)."""
+    """``step(variables, batch, weight) -> sums``: weighted sums over the sample axis of the loss and
+    metrics in inference mode (``weight`` (N,) is 0 on padding rows, so one compiled program serves a
+    smaller last batch). batch: ``(x, y)`` or ``(x, y, sample_weight)``; sample_weight (N,) weights
+    the loss only, as in the train step."""
     metrics = dict(metrics or {})
 
+    def weighted_sum(w, values):  # values (N, ...): w broadcast over the trailing axes
+        return jnp.sum(w.reshape(w.shape + (1,) * (values.ndim - 1)) * values, axis=0)
+
     def step(variables, batch, weight):
-        x, y = batch
+        x, y, *sample_weight = batch
         pred, _ = apply_model(model, variables["params"], variables.get("batch_stats", {}), x, train=False)
-        return {"loss": jnp.sum(weight * loss_fn(y, pred)),
-                **{k: jnp.sum(weight * fn(y, pred)) for k, fn in metrics.items()}}
+        loss_weight = weight * sample_weight[0] if sample_weight else weight
+        return {"loss": jnp.sum(loss_weight * loss_fn(y, pred)),
+                **{k: weighted_sum(weight, fn(y, pred)) for k, fn in metrics.items()}}
 
     return step

@@ -16,6 +16,7 @@ import flax.linen as nn
 from minicnn.models.convnets import mnist_convnet, small_convnet
 from minicnn.models.efficientnet_lite import EfficientNetLite0
 from minicnn.models.inception_v3 import InceptionV3
+from minicnn.models.mobilenet import MobileNet, MobileNetV2
 from minicnn.models.resnet import ResNet50
 from minicnn.models.vgg import VGG16, VGG19
 from minicnn.models.xception import Xception
@@ -68,6 +69,13 @@ ARCHITECTURES = {a.name: a for a in (
     Architecture("xception", Xception, ("predictions",), 299, "xception_imagenet", "xception_imagenet_notop",
                  "block14_sepconv2_act", "block14_sepconv1", ("block3_sepconv1", "block1_conv1_act"),
                  signature="block14_sepconv2"),
+    # unfreeze_from: the last two depthwise-separable blocks (the 7x7 stage)
+    Architecture("mobilenet", MobileNet, ("conv_preds",), 224, "mobilenet_imagenet", "mobilenet_imagenet_notop",
+                 "conv_pw_13_relu", "conv_dw_12", ("conv_pw_5", "conv_pw_2"), signature="conv_dw_13"),
+    # unfreeze_from: Keras' model.layers[100], TensorFlow's MobileNetV2 fine-tuning tutorial's fine_tune_at
+    Architecture("mobilenet_v2", MobileNetV2, ("predictions",), 224, "mobilenet_v2_imagenet",
+                 "mobilenet_v2_imagenet_notop", "out_relu", "block_11_expand_relu", ("block_3_expand", "block_1_expand"),
+                 signature="block_16_project"),
     Architecture("small_convnet", small_convnet),
     Architecture("mnist_convnet", mnist_convnet),
 )}

@@ -117,11 +117,11 @@ def detect_format(path: Path) -> str:
 
 def _detect_arch(names) -> str:
     names = set(names)
-    if {"conv2d_93", "batch_normalization_93"} <= names:  # 94 auto-named conv2d_bn blocks, from 0 or 1
-        return "inception_v3"
     for a in ARCHITECTURES.values():  # a row's signature layer: in its files only
         if a.signature in names:
             return a.name
+    if {"conv2d_93", "batch_normalization_93"} <= names:  # 94 auto-named conv2d_bn blocks, from 0 or 1
+        return "inception_v3"
     if {"_conv_stem.weight", "stem_conv"} & names:
         return "efficientnet_lite0"
     if "block5_conv4" in names or "features.34.weight" in names:
@@ -176,7 +176,8 @@ def port_file(path: str | os.PathLike, arch: str | None = None) -> tuple[dict, s
             n_conv = sum(kind == "conv2d" for kind, _, _ in layers)
             arch = {13: "vgg16", 16: "vgg19"}.get(n_conv) or _detect_arch(name for _, name, _ in layers)
         base = next((model for kind, _, model in layers if kind == "conv2d"), "layers")
-        has_top = any(kind == "dense" and model == base for kind, _, model in layers)  # not a head on a nested base
+        top = _top_layers(arch)  # MobileNet's top is a Conv2D (conv_preds); not a head on a nested base
+        has_top = any((kind == "dense" or name in top) and model == base for kind, name, model in layers)
         shapes, order = _expected(arch, has_top)
         leaves = {name: {*shapes["params"].get(name, ()), *shapes.get("batch_stats", {}).get(name, ())}
                   for name, _ in order}

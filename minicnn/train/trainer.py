@@ -46,35 +46,91 @@ __all__ = ["Trainer", "load_model"]
 
 
 def _is_arrays(data) -> bool:
-    return (isinstance(data, tuple) and len(data) == 2
+    """``(x, y)`` or ``(x, y, sample_weight)`` arrays (Keras' ``validation_data`` forms)."""
+    return (isinstance(data, tuple) and len(data) in (2, 3)
             and all(hasattr(a, "shape") and hasattr(a, "dtype") for a in data))
 
 
-def _array_batches(x, y, batch_size: int, order=None):
-    """(x, y) arrays -> list of (x_batch, y_batch); ``order`` a permutation of the samples."""
-    if len(x) != len(y):
-        raise ValueError(f"x and y have different numbers of samples: {len(x)} and {len(y)}")
-    idx = np.arange(len(x)) if order is None else order
-    return [(x[idx[i:i + batch_size]], y[idx[i:i + batch_size]]) for i in range(0, len(x), batch_size)]
+def _array_batches(arrays: tuple, batch_size: int, order=None):
+    """(x, y[, sample_weight]) arrays -> list of per-batch tuples; ``order`` a permutation of the samples."""
+    sizes = [len(a) for a in arrays]
+    if len(set(sizes)) > 1:
+        names = ("x", "y", "sample_weight")[:len(sizes)]
+        raise ValueError(f"{', '.join(names)} have different numbers of samples: {' and '.join(map(str, sizes))}")
+    idx = np.arange(sizes[0]) if order is None else order
+    return [tuple(a[idx[i:i + batch_size]] for a in arrays) for i in range(0, sizes[0], batch_size)]
 
 
-def _as_batches(data, y, batch_size, what: str, shuffle_seed=None):
-    """Normalise ``data`` (batches, or arrays with ``y``/a 2-tuple) to a re-iterable of batches."""
+def _arrays(data, y, sample_weight, what: str):
+    """``(x, y[, sample_weight])`` as NumPy arrays when the input is arrays, else None (a dataset)."""
     if y is not None:
         if not (hasattr(y, "shape") and hasattr(data, "shape")):
             hint = f"; did you mean epochs={y}?" if isinstance(y, int) else ""
             raise TypeError(f"{what}(x, y): with y, x and y must be arrays (got {type(data).__name__} and "
                             f"{type(y).__name__}){hint} A dataset of (x, y) batches goes alone: {what}(dataset)")
         data = (data, y)
-    if _is_arrays(data):
-        x, y = (np.asarray(a) for a in data)
-        order = None if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(len(x))
-        return _array_batches(x, y, batch_size or 32, order)
+    if not _is_arrays(data):
+        if sample_weight is not None:
+            raise ValueError(f"{what}: sample_weight applies to array inputs only; a dataset carries its "
+                             f"weights in its batches, (x, y, sample_weight)")
+        return None
+    if sample_weight is not None:
+        if len(data) == 3:
+            raise ValueError(f"{what}: sample_weight given twice (in the data and as an argument)")
+        data = (*data, sample_weight)
+    arrays = tuple(np.asarray(a) for a in data)
+    if len(arrays) == 3 and arrays[2].shape != (len(arrays[0]),):
+        raise ValueError(f"{what}: sample_weight has shape {arrays[2].shape}, expected ({len(arrays[0])},), "
+                         f"one weight per sample")
+    return arrays
+
+
+def _as_batches(data, y, batch_size, what: str, shuffle_seed=None, sample_weight=None):
+    """Normalise ``data`` (batches, or arrays with ``y``/a 2- or 3-tuple) to a re-iterable of batches."""
+    arrays = _arrays(data, y, sample_weight, what)
+    if arrays is not None:
+        order = None if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(len(arrays[0]))
+        return _array_batches(arrays, batch_size or 32, order)
     if batch_size is not None:
         raise ValueError(f"{what}: batch_size applies to array inputs only; a dataset of batches sets its own")
     if not isinstance(data, Iterable):
         raise TypeError(f"{what}: expected an iterable of (x, y) batches or (x, y) arrays, got {type(data).__name__}")
     return data
+
+
+def validation_split_arrays(arrays: tuple, validation_split: float) -> tuple[tuple, tuple]:
+    """Keras' ``train_validation_split``: the LAST ``validation_split`` fraction of the samples (before any
+    shuffling) is validation, the first ``floor(n * (1 - validation_split))`` train."""
+    n = len(arrays[0])
+    split_at = int(math.floor(n * (1.0 - validation_split)))
+    if not 0.0 < validation_split < 1.0 or split_at in (0, n):
+        raise ValueError(f"fit: validation_split={validation_split} leaves no training or no validation "
+                         f"samples of {n}; use a fraction in (0, 1) and more data")
+    return tuple(a[:split_at] for a in arrays), tuple(a[split_at:] for a in arrays)
+
+
+def class_weight_to_sample_weight(y, class_weight: dict) -> np.ndarray:
+    """Keras' ``class_weight_to_sample_weights``: each sample's weight is its class's (1.0 for a class not
+    in the dict); the class is ``argmax`` of a one-hot row, else the rounded label.
+
+    y: (N,), (N, 1) or (N, K) labels -> (N,) float32.
+    """
+    y = np.asarray(y)
+    if y.ndim > 1:
+        y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else np.squeeze(y, axis=-1)
+    classes = np.round(y).astype(np.int32).reshape(-1)
+    return np.array([class_weight.get(int(c), 1.0) for c in classes], np.float32)
+
+
+def _callback_list(callbacks) -> list:
+    """One callback or a (nested) list of them, as Keras' ``CallbackList`` accepts."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback):
+        return [callbacks]
+    if isinstance(callbacks, (list, tuple)):
+        return [c for item in callbacks for c in _callback_list(item)]
+    raise TypeError(f"fit(callbacks=): expected a Callback or a list of them, got {type(callbacks).__name__}")
 
 
 def _pad(a, n: int):
@@ -117,7 +173,9 @@ class Trainer:
       or a per-sample callable ``fn(y_true, y_pred) -> (N,)``; ``from_logits`` as in Keras.
     optimizer: ``"rmsprop"``/``"adam"``/``"sgd"`` (Keras defaults, e.g. ``optimizer_kwargs={"learning_rate": 1e-4}``)
       or an optax transform (see :mod:`minicnn.train.optimizers`).
-    metrics: names (``"accuracy"`` picks the accuracy matching the loss) or per-sample callables.
+    metrics: names as Keras takes them (``"acc"``/``"accuracy"`` pick the accuracy matching the loss,
+      ``"AUC"``, ``"Precision"``, ``"top_k_categorical_accuracy"``, a loss name ...) or per-sample callables;
+      each is logged under the name written (``acc``, ``val_acc``), see :func:`minicnn.train.metrics.get`.
     variables: start from these (pretrained, or built by a transfer-learning recipe) instead of
       ``model.init`` on the first batch.
     trainable: a mask of bools over ``params`` (a bool may stand for a whole layer); None: what the
@@ -132,14 +190,18 @@ class Trainer:
 
     def __init__(self, model: nn.Module, loss: str | Callable = "binary_crossentropy",
                  optimizer: str | optax.GradientTransformation = "rmsprop",
-                 metrics: Sequence[str | Callable] = ("accuracy",), *, from_logits: bool = False,
+                 metrics: Sequence[str | Callable] | None = ("accuracy",), *, from_logits: bool = False,
                  optimizer_kwargs: dict | None = None, variables: dict | None = None, trainable=None,
                  mesh=None):
         self.model = model
         self.mesh = mesh
         self.loss_fn = losses_lib.get(loss, from_logits)
-        loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", None)
-        self.metric_fns = dict(metrics_lib.get(m, loss_name) for m in metrics)
+        compiled = [metrics_lib.get(m, getattr(self.loss_fn, "__name__", None)) for m in (metrics or ())]
+        names = [m.name for m in compiled]
+        if len(set(names)) < len(names) or "loss" in names:
+            raise ValueError(f"metrics {names}: each metric needs its own log name, other than 'loss'")
+        self.metric_fns = {m.name: m.fn for m in compiled}  # Keras' order: the evaluate list follows it
+        self._metric_results = {m.name: m.result for m in compiled if m.result is not None}
         self._optimizer = (optimizer, dict(optimizer_kwargs or {}))  # set_trainable may rebuild it with new kwargs
         self.optimizer = optimizers.get(optimizer, **(optimizer_kwargs or {}))
         self._mask = trainable
@@ -241,12 +303,17 @@ class Trainer:
 
     # ----------------------------------------------------------------- API
     def train_on_batch(self, x, y, seed: int = 0) -> dict:
-        """One optimizer step on one batch; returns that batch's ``loss`` and metrics (floats)."""
+        """One optimizer step on one batch; returns that batch's ``loss`` and metrics (floats, a dict)."""
         if not self.built:
             self.build(x, seed)
         self._check_labels(x, y, 0)
         self.state, logs = self._train_step(self.state, self._on_devices(x, y, pad=False))
-        return {k: float(v) for k, v in logs.items()}
+        return {k: float(v) for k, v in self._results(logs).items()}
+
+    def _results(self, means: dict) -> dict:
+        """Logs from the sample means of the per-sample values: streaming metrics (AUC, precision,
+        recall) turn their mean confusion counts into the value, mean metrics are their mean."""
+        return {k: self._metric_results[k](v) if k in self._metric_results else v for k, v in means.items()}
 
     def _placed(self, tree):
         """``tree`` replicated over ``mesh`` (data parallelism), or as it is."""
@@ -275,32 +342,52 @@ class Trainer:
         return parallel.shard_batch(tuple(np.asarray(a) for a in arrays), self.mesh, pad=pad)[0]
 
     def fit(self, x, y=None, *, batch_size: int | None = None, epochs: int = 1, validation_data=None,
+            validation_split: float = 0.0, class_weight: dict | None = None, sample_weight=None,
             steps_per_epoch: int | None = None, validation_steps: int | None = None,
-            callbacks: Sequence[Callback] = (), verbose: int = 1, shuffle: bool = True,
+            callbacks: Callback | Sequence[Callback] | None = None, verbose: int = 1, shuffle: bool = True,
             initial_epoch: int = 0, seed: int = 0) -> History:
         """Train for ``epochs`` (counting from ``initial_epoch``, as Keras does) and return the
         :class:`History`. ``seed`` initialises the variables and dropout stream when the trainer is
         not built yet, and orders the samples of array inputs (epoch by epoch).
+
+        As Keras' ``fit``: ``validation_split`` takes the last fraction of array inputs, before
+        shuffling, as validation data (``validation_data`` overrides it; a dataset is refused);
+        ``class_weight`` ``{class: weight}`` and ``sample_weight`` (N,) (arrays only; a dataset may
+        yield ``(x, y, sample_weight)`` batches) weight the training loss, ``sum(w * loss) / N`` per batch;
+        metrics stay unweighted. ``callbacks``: one callback or a list. The logs hold ``loss``, the
+        metrics under the names given to the Trainer and their ``val_`` twins (a ``learning_rate``
+        entry only when a learning-rate callback adds it, as in Keras).
 
         ``initial_epoch > 0`` continues ``self.history`` (e.g. after :meth:`restore`); otherwise a
         new history starts.
         """
         if initial_epoch == 0 or not self.history.epoch:
             self.history = History()
-        arrays = y is not None or _is_arrays(x)
-        data_seed = seed if arrays else getattr(x, "seed", None)
+        arrays = _arrays(x, y, sample_weight, "fit")
+        if class_weight is not None and (sample_weight is not None or (arrays is not None and len(arrays) == 3)):
+            raise ValueError("fit: class_weight and sample_weight cannot be given together (as in Keras); "
+                             "fold the class weights into sample_weight")
+        if validation_split:
+            if arrays is None:
+                raise ValueError("fit: validation_split is only supported for array inputs (as in Keras); "
+                                 "pass validation_data= for a dataset")
+            arrays, split = validation_split_arrays(arrays, validation_split)
+            validation_data = split if validation_data is None else validation_data
+        if class_weight is not None and arrays is not None:
+            arrays = (*arrays, class_weight_to_sample_weight(arrays[1], class_weight))
+        data_seed = seed if arrays is not None else getattr(x, "seed", None)
         if initial_epoch > 0 and None not in (self._data_seed, data_seed) and data_seed != self._data_seed:
             warnings.warn(f"fit(initial_epoch={initial_epoch}): the training data's seed is {data_seed}, the "
                           f"checkpoint's run used {self._data_seed}: the resumed run sees other batches than "
                           f"the uninterrupted one would (pass the same seed to resume exactly)", stacklevel=2)
         self._data_seed = data_seed
         steps = steps_per_epoch
-        if steps is None and arrays:
-            n = len(x if y is not None else x[0])
-            steps = math.ceil(n / (batch_size or 32))
+        if steps is None and arrays is not None:
+            steps = math.ceil(len(arrays[0]) / (batch_size or 32))
         elif steps is None and hasattr(x, "__len__"):
             steps = len(x)
-        cbs = [self.history, *callbacks]
+        # Keras' CallbackList: the user's callbacks, then History (it records what they add to the logs)
+        cbs = [*_callback_list(callbacks), self.history]
         if verbose:
             cbs.append(ProgbarLogger(verbose, steps, epochs))
         cb = CallbackList(cbs)
@@ -309,8 +396,8 @@ class Trainer:
         iterator = None
         cb.on_train_begin()
         for epoch in range(initial_epoch, epochs):
-            if arrays:
-                data = _as_batches(x, y, batch_size, "fit", (seed, epoch) if shuffle else None)
+            if arrays is not None:
+                data = _as_batches(arrays, None, batch_size, "fit", (seed, epoch) if shuffle else None)
             else:
                 data = _as_batches(x, None, batch_size, "fit")
             if steps_per_epoch is None or iterator is None:
@@ -319,34 +406,38 @@ class Trainer:
             sums, count, batch = {}, 0, 0
             while steps_per_epoch is None or batch < steps_per_epoch:
                 try:
-                    xb, yb = next(iterator)
+                    xb, yb, *wb = next(iterator)
                 except StopIteration:
                     if steps_per_epoch is None:
                         break
                     iterator = _epoch_batches(data, epoch)
                     try:
-                        xb, yb = next(iterator)
+                        xb, yb, *wb = next(iterator)
                     except StopIteration:
                         raise ValueError("fit: the training data yielded no batches") from None
+                if class_weight is not None and arrays is None:  # a dataset's batches: weighted here
+                    if wb:
+                        raise ValueError("fit: class_weight with a dataset that yields sample weights")
+                    wb = [class_weight_to_sample_weight(yb, class_weight)]
                 if not self.built:
                     self.build(xb, seed)
                 cb.on_batch_begin(batch)
                 self._check_labels(xb, yb, batch)
-                self.state, logs = self._train_step(self.state, self._on_devices(xb, yb, pad=False))
+                self.state, logs = self._train_step(self.state, self._on_devices(xb, yb, *wb, pad=False))
                 n = len(xb)
                 sums = {k: sums.get(k, 0.0) + v * n for k, v in logs.items()}
                 count += n
-                cb.on_batch_end(batch, {k: s / count for k, s in sums.items()})
+                cb.on_batch_end(batch, self._results({k: s / count for k, s in sums.items()}))
                 batch += 1
                 if self.stop_training:
                     break
             if batch == 0:
                 raise ValueError("fit: the training data yielded no batches")
-            epoch_logs = {k: float(s) / count for k, s in sums.items()}
+            epoch_logs = {k: float(v) for k, v in self._results({k: s / count for k, s in sums.items()}).items()}
             if validation_data is not None:
-                val = self.evaluate(validation_data, batch_size=batch_size, steps=validation_steps)
+                val = self._evaluate_logs(validation_data, None, batch_size if _is_arrays(validation_data) else None,
+                                          validation_steps, None)
                 epoch_logs.update({f"val_{k}": v for k, v in val.items()})
-            epoch_logs["lr"] = self._lr_or_nan()
             self.epoch = epoch + 1
             cb.on_epoch_end(epoch, epoch_logs)
             if self.stop_training:
@@ -354,17 +445,22 @@ class Trainer:
         cb.on_train_end()
         return self.history
 
-    def _lr_or_nan(self) -> float:
-        try:
-            return self.learning_rate
-        except ValueError:  # an optax transform without inject_hyperparams
-            return float("nan")
+    def evaluate(self, x, y=None, *, batch_size: int | None = None, steps: int | None = None,
+                 sample_weight=None, return_dict: bool = False):
+        """The loss and metrics over the data (inference mode), as Keras returns them: the loss (a
+        float) when the Trainer has no metrics, else ``[loss, *metrics]`` in the order the metrics were
+        given (``test_loss, test_acc = trainer.evaluate(x, y)``); ``return_dict=True``:
+        ``{"loss": .., "acc": ..}``. ``sample_weight`` (N,) weights the loss, arrays only."""
+        logs = self._evaluate_logs(x, y, batch_size, steps, sample_weight)
+        if return_dict:
+            return logs
+        return logs["loss"] if len(logs) == 1 else [logs["loss"], *(logs[k] for k in self.metric_fns)]
 
-    def evaluate(self, x, y=None, *, batch_size: int | None = None, steps: int | None = None) -> dict:
-        """Mean loss and metrics over the data (inference mode), e.g. ``{"loss": .., "accuracy": ..}``."""
-        data = _as_batches(x, y, batch_size, "evaluate")
+    def _evaluate_logs(self, x, y, batch_size, steps, sample_weight) -> dict:
+        """``{"loss": .., name: ..}`` over the data: weighted sums per batch (padding weighs 0), then means."""
+        data = _as_batches(x, y, batch_size, "evaluate", sample_weight=sample_weight)
         sums, count, size = None, 0, None
-        for i, (xb, yb) in enumerate(data):
+        for i, (xb, yb, *wb) in enumerate(data):
             if steps is not None and i >= steps:
                 break
             if not self.built:
@@ -373,14 +469,15 @@ class Trainer:
             n = len(xb)
             size = size or n
             weight = _pad(np.ones(n, np.float32), size)
-            xd, yd, wd = self._on_devices(_pad(xb, size), _pad(yb, size), weight, pad=True)
+            xd, yd, wd, *swd = self._on_devices(_pad(xb, size), _pad(yb, size), weight,
+                                                 *(_pad(w, size) for w in wb), pad=True)
             out = self._eval_step({"params": self.state["params"], "batch_stats": self.state["batch_stats"]},
-                                  (xd, yd), wd)
+                                  (xd, yd, *swd), wd)
             sums = out if sums is None else {k: sums[k] + out[k] for k in out}
             count += n
         if sums is None:
             raise ValueError("evaluate: the data yielded no batches")
-        return {k: float(v) / count for k, v in sums.items()}
+        return {k: float(v) for k, v in self._results({k: v / count for k, v in sums.items()}).items()}
 
     def predict(self, x, *, batch_size: int | None = None, steps: int | None = None) -> np.ndarray:
         """Model outputs (inference mode) for an array ``x`` (N, ...) or an iterable of batches

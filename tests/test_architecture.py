@@ -25,7 +25,7 @@ LAYERS = {
     "minicnn.models": 3, "minicnn.summary": 3,
     "minicnn.weights": 4,
     "minicnn.train": 5,
-    "minicnn.transfer": 6, "minicnn.viz": 6,
+    "minicnn.transfer": 6, "minicnn.viz": 6, "minicnn.nnx": 6,
     "minicnn.programs": 7,
     "minicnn": 8,  # the package's own __init__: the facade, imported by no module
 }

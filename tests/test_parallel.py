@@ -137,7 +137,7 @@ TRAINER_SCRIPT = textwrap.dedent("""
         history = trainer.fit(x, y, batch_size=8, epochs=1, verbose=0, seed=3)   # 5 steps
         runs[name] = {"params": [np.asarray(a).tolist() for a in jax.tree.leaves(trainer.variables)],
                       "loss": history.history["loss"],
-                      "eval": trainer.evaluate(x[:13], y[:13], batch_size=13),  # 13 rows: padded to 16
+                      "eval": trainer.evaluate(x[:13], y[:13], batch_size=13, return_dict=True),  # 13 rows: padded to 16
                       "predict": trainer.predict(x[:7]).tolist(),
                       "devices": len(jax.tree.leaves(trainer.state["params"])[0].sharding.device_set)}
     try:

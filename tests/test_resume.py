@@ -161,7 +161,7 @@ def test_evaluate_pads_device_batches_on_device():
     trainer.build(x[:1] / 255.0)
     trainer.evaluate(data)  # compile outside the guard
     with no_host_copies():
-        logs = trainer.evaluate(data)
+        logs = trainer.evaluate(data, return_dict=True)
     assert set(logs) == {"loss", "accuracy"} and np.isfinite(logs["loss"])
 
 

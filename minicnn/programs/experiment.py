@@ -87,13 +87,14 @@ def run(model: str = "efficientnet_lite0", size: int = 96, n_train: int = 50, se
                                epochs=scratch_epochs or epochs,
                                learning_rate=1e-4, augment=AUGMENT, preprocess=lambda x: x / 255.0, seed=seed,
                                verbose=verbose)
-        return h, h.trainer.evaluate(test().map(lambda x: x / 255.0))["accuracy"]
+        return h, h.trainer.evaluate(test().map(lambda x: x / 255.0), return_dict=True)["accuracy"]
 
     def features():
         h = feature_extraction(base, train(), test(), variables=base_vars, epochs=epochs, learning_rate=1e-4,
                                preprocess=prep, seed=seed, verbose=verbose)
         f, y = extract_features(base, base_vars, test().map(prep), verbose=False)
-        return h, h.trainer.evaluate(from_arrays(f, y, batch_size=batch_size, shuffle=False))["accuracy"]
+        test_data = from_arrays(f, y, batch_size=batch_size, shuffle=False)
+        return h, h.trainer.evaluate(test_data, return_dict=True)["accuracy"]
 
     def augmented():
         h = feature_extraction_with_augmentation(base, train(), test(), variables=base_vars, epochs=epochs,
@@ -102,13 +103,13 @@ def run(model: str = "efficientnet_lite0", size: int = 96, n_train: int = 50, se
         stats = h.trainer.variables["batch_stats"]
         frozen_bn["unchanged"] = all(np.array_equal(a, b) for a, b in zip(
             jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(base_vars.get("batch_stats", {}))))
-        return h, h.trainer.evaluate(test().map(prep))["accuracy"]
+        return h, h.trainer.evaluate(test().map(prep), return_dict=True)["accuracy"]
 
     def tuned():  # continues from the frozen-base model, as the lecture does
         h = fine_tune(base, train(), test(), unfreeze_from=arch.unfreeze_from, epochs=(epochs, epochs),
                       learning_rates=(1e-4, 1e-5), augment=AUGMENT, preprocess=prep,
                       phase1=trained["features_aug"], seed=seed, verbose=verbose)
-        return h, h.trainer.evaluate(test().map(prep))["accuracy"]
+        return h, h.trainer.evaluate(test().map(prep), return_dict=True)["accuracy"]
 
     lr = "RMSprop 1e-4"
     record("scratch", "train_from_scratch (small convnet, augmented)", scratch,

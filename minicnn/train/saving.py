@@ -317,7 +317,8 @@ def from_keras_config(config: Mapping, where="config") -> L.Sequential:
 
 
 def _keras_compile(config: Mapping) -> dict:
-    """The loss, optimizer (with its learning rate) and metrics of a .keras file's compile_config, where they are names."""
+    """The loss, optimizer (with its learning rate) and metrics of a .keras file's compile_config, where
+    they are names."""
     compile_config = config.get("compile_config") or {}
     out = {}
     if isinstance(compile_config.get("loss"), str):

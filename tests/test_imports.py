@@ -32,7 +32,8 @@ for name in sys.argv[1:]:
     importlib.import_module(name)
 import minicnn
 for module in pkgutil.walk_packages(minicnn.__path__, "minicnn."):  # and every other module
-    importlib.import_module(module.name)
+    if not module.name.endswith(".__main__"):  # a program's entry point runs when imported, by design
+        importlib.import_module(module.name)
 # read before get_backend(), which resolves an unset backend itself
 resolved = dict.__getitem__(matplotlib.rcParams, "backend") is not matplotlib.rcsetup._auto_backend_sentinel
 print(json.dumps({"started": xla_bridge.backends_are_initialized(), "where": first_call,

@@ -149,7 +149,7 @@ def test_fingerprint_mismatch_is_refused(tmp_path, uninterrupted):
 
 
 def test_swapped_restore_arguments_are_explained(tmp_path):
-    with pytest.raises(TypeError, match=r"Trainer.restore\(directory, model\): got the model as directory"):
+    with pytest.raises(TypeError, match=r"Trainer.restore\(path, model\): the path comes first"):
         Trainer.restore(model(), tmp_path / "c")
 
 

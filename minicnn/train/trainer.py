@@ -213,6 +213,7 @@ class Trainer:
         self.history = History()
         self.stop_training = False
         self._data_seed = None  # the seed of the data fit last trained on (kept in checkpoints)
+        self._ending_epoch = None  # (epoch, logs) while on_epoch_end callbacks run
         self._predict_step = ops.jit(lambda variables, x: model.apply(variables, x, train=False))
         self._eval_step = ops.jit(make_eval_step(model, self.loss_fn, self.metric_fns))
         self._output_widths: dict = {}  # input shape (H, W, C) -> width of the model's last axis
@@ -439,7 +440,9 @@ class Trainer:
                                           validation_steps, None)
                 epoch_logs.update({f"val_{k}": v for k, v in val.items()})
             self.epoch = epoch + 1
+            self._ending_epoch = (epoch, epoch_logs)  # History records it last: a checkpoint saved now needs it
             cb.on_epoch_end(epoch, epoch_logs)
+            self._ending_epoch = None
             if self.stop_training:
                 break
         cb.on_train_end()
@@ -515,8 +518,17 @@ class Trainer:
         self._require_built("save")
         loss, metrics, from_logits = self._compile
         compile_config = saving.compile_config(loss, *self._optimizer, metrics, from_logits)
-        return saving.save(directory, self.model, self.state, self._flat_mask, self.epoch, self.history,
+        return saving.save(directory, self.model, self.state, self._flat_mask, self.epoch, self._history_so_far(),
                            compile_config, fingerprint, self._data_seed)
+
+    def _history_so_far(self) -> History:
+        """The history including the epoch whose end callbacks are running (Keras' CallbackList calls
+        History last, so a ModelCheckpoint saving at that epoch's end comes before it is recorded)."""
+        if self._ending_epoch is None or self._ending_epoch[0] in self.history.epoch:
+            return self.history
+        history = History(self.history.history, self.history.epoch)
+        history.on_epoch_end(*self._ending_epoch)
+        return history
 
     def load(self, directory: str | os.PathLike, *, fingerprint: str | None = None,
              input_shape: Sequence[int] | None = None) -> "Trainer":

@@ -402,7 +402,8 @@ class Sequential(nn.Module):
             if layer.name is not None:
                 names.append(layer.name)
                 continue
-            base = keras_name(type(layer).__name__)
+            # a Keras application names itself (ResNet50 -> "resnet50", not "res_net50")
+            base = getattr(layer, "keras_model_name", None) or keras_name(type(layer).__name__)
             k = counts.get(base, 0)
             counts[base] = k + 1
             names.append(base if k == 0 else f"{base}_{k}")

@@ -74,6 +74,13 @@ class _MobileNetFamily(nn.Module):
     classes: int = 1000
     classifier_activation: str | Callable | None = "softmax"
     alpha: float = 1.0
+    trainable: bool = True  # Keras' model.trainable: False freezes every layer inside
+
+    @property
+    def keras_model_name(self) -> str:
+        """Keras' model name, e.g. ``mobilenet_1.00_224`` (hence its path inside a Sequential)."""
+        rows = self.input_shape[0] if self.input_shape else 224
+        return f"{self.keras_prefix}_{self.alpha:0.2f}_{rows}"
 
     def __post_init__(self):
         check_arguments(self)
@@ -129,6 +136,7 @@ class MobileNet(_MobileNetFamily):
     loads for it; ``model.init`` is architecture only.
     """
     arch = "mobilenet"
+    keras_prefix = "mobilenet"
     alphas = (0.25, 0.5, 0.75, 1.0)
     sizes = (128, 160, 192, 224)
 
@@ -201,6 +209,7 @@ class MobileNetV2(_MobileNetFamily):
     ``alpha`` scales the blocks' widths (rounded to multiples of 8). ``weights`` as for :class:`MobileNet`.
     """
     arch = "mobilenet_v2"
+    keras_prefix = "mobilenetv2"
     alphas = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
     sizes = (96, 128, 160, 192, 224)
 

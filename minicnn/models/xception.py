@@ -88,8 +88,10 @@ class Xception(nn.Module):
     pooling: str | None = None
     classes: int = 1000
     classifier_activation: str | Callable | None = "softmax"
+    trainable: bool = True  # Keras' model.trainable: False freezes every layer inside
 
     arch = "xception"
+    keras_model_name = arch  # the name Keras gives the model, hence its path inside a Sequential
 
     def __post_init__(self):
         check_arguments(self)

@@ -75,7 +75,7 @@ def test_gradcam_writes_overlay(capsys, cat, tmp_path):
     image = Image.open(out)
     assert image.size == Image.open(cat).size
     code, _, err = run(capsys, "gradcam", cat, "--class", "no such class")
-    assert_one_line_error(code, err, "unknown ImageNet class")
+    assert_one_line_error(code, err, "unknown class 'no such class'", "0-999", "tench")
 
 
 def test_activations_and_unknown_layer(capsys, cat, tmp_path):
@@ -217,3 +217,115 @@ def test_refused_pth_as_weights_is_one_line(capsys, tmp_path, cat, hostile):
     code, out, err = run(capsys, "predict", cat, "--weights", hostile)
     assert_one_line_error(code, err, "hostile.pth", "refusing to unpickle")
     assert out == "" and not (tmp_path / "marker").exists()
+
+
+# Every model the library builds, a `minicnn train` folder included, serves every command (issue 13, item 10).
+
+def photo_folders(root, layout):
+    """Tiny real-photo crops (skimage chelsea / coffee) as cats/ and coffee/ folders under each split of
+    ``layout`` (() for plain class folders)."""
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the test photos")
+    photos = {"cats": skimage_data.chelsea(), "coffee": skimage_data.coffee()}
+    for split in layout or ("",):
+        for cls, photo in photos.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(3):
+                crop = photo[40 * i:40 * i + 120, 50 * i:50 * i + 160]
+                Image.fromarray(crop).save(root / split / cls / f"{cls}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A `minicnn train` output folder, trained on the lecture's train/validation/test layout (one epoch, 48px)."""
+    root = tmp_path_factory.mktemp("cli")
+    data = photo_folders(root / "data", ("train", "validation", "test"))
+    out = root / "run"
+    assert main(["train", str(data), "--recipe", "scratch", "--epochs", "1", "--image-size", "48",
+                 "--batch-size", "4", "--out", str(out)]) == 0
+    return data, out
+
+
+def test_train_uses_the_split_layout_and_writes_the_architecture(trained, capsys):
+    data, out = trained
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["class_names"] == ["cats", "coffee"] and spec["architecture"] == "small_convnet"
+    assert spec["input_shape"] == [48, 48, 3] and spec["classes"] == 1
+    history = json.loads((out / "history.json").read_text())["history"]
+    assert len(history["loss"]) == 1 and "val_loss" in history
+
+
+def test_train_layout_errors(capsys, tmp_path):
+    only_train = photo_folders(tmp_path / "a", ("train", "test"))
+    code, _, err = run(capsys, "train", only_train, "--recipe", "scratch", "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "not both train/ and validation/")
+    split = photo_folders(tmp_path / "b", ("train", "validation"))
+    code, _, err = run(capsys, "train", split, "--recipe", "scratch", "--validation-split", "0.3", "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "split already", "drop --validation-split")
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_predict_a_trained_folder_on_files_folders_and_globs(trained, capsys):
+    data, out = trained
+    code, stdout, _ = run(capsys, "predict", data / "test", str(data / "validation" / "*" / "*_0.png"),
+                          data / "train" / "cats" / "cats_1.png", "--model", out, "--top", "2")
+    assert code == 0
+    lines = stdout.splitlines()
+    named = [line for line in lines if not line.startswith("  ")]
+    assert len(named) == 6 + 2 + 1 and named[0].endswith("test/cats/cats_0.png")
+    scores = [float(line.split()[-1]) for line in lines if line.startswith("  ")]
+    assert {line.split()[1] for line in lines if line.startswith("  ")} == {"cats", "coffee"}
+    assert np.allclose(np.add.reduceat(scores, np.arange(0, len(scores), 2)), 1)  # sigmoid: p and 1 - p
+
+
+def test_every_command_takes_a_trained_folder(trained, capsys, tmp_path):
+    data, out = trained
+    image = data / "test" / "cats" / "cats_0.png"
+    code, stdout, _ = run(capsys, "gradcam", image, "--model", out, "--class", "coffee", "--out", tmp_path / "g.png")
+    assert code == 0 and Image.open(tmp_path / "g.png").size == Image.open(image).size
+    code, _, _ = run(capsys, "activations", image, "conv2d_1", "--model", out, "--out", tmp_path / "a.png")
+    assert code == 0 and Image.open(tmp_path / "a.png").size[0] > 0
+    code, _, _ = run(capsys, "filters", out, "conv2d", "--filters", "2", "--steps", "2", "--out", tmp_path / "f.png")
+    assert code == 0 and Image.open(tmp_path / "f.png").size[0] > 0
+    code, stdout, _ = run(capsys, "summary", out)
+    assert code == 0 and "dropout" in stdout
+
+
+def test_weights_are_never_silently_ignored(trained, capsys, cat):
+    data, out = trained
+    code, _, err = run(capsys, "predict", cat, "--model", "small_convnet")
+    assert_one_line_error(code, err, "small_convnet has no pretrained weights", "--weights none")
+    code, _, err = run(capsys, "predict", cat, "--model", out, "--weights", "imagenet")
+    assert_one_line_error(code, err, "cannot apply", "drop --weights")
+    code, _, err = run(capsys, "predict", cat, "--model", "small_convnet", "--weights", out / "model")
+    assert_one_line_error(code, err, "do not fit small_convnet", "--model FOLDER")
+    code, stdout, _ = run(capsys, "predict", cat, "--model", "mnist_convnet", "--weights", "none", "--top", "1")
+    assert code == 0 and stdout.splitlines()[1].split()[0] == "1."
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["predict", "{tmp}/nothing/*.png"], ["no files match", "nothing/*.png"]),
+    (["predict", "{tmp}"], ["no images in folder"]),
+    (["predict", "{cat}", "--model", "{tmp}"], ["not written by `minicnn train`"]),
+    (["predict", "{cat}", "--model", "resnet5"], ["unknown model 'resnet5'", "small_convnet"]),
+    (["gradcam", "{cat}", "--model", "small_convnet", "--weights", "{tmp}/missing"], ["no such weights"]),
+    (["activations", "{cat}", "conv2d", "--model", "small_convnet"], ["--weights none"]),
+    (["filters", "small_convnet", "conv2d_1", "--size", "64", "--weights", "none"], ["150x150", "--size 150"]),
+    (["filters", "nope", "conv2d"], ["unknown model 'nope'"]),
+    (["summary", "{tmp}"], ["not written by `minicnn train`"]),
+    (["train", "{tmp}", "--recipe", "scratch"], ["has no sub-folders"]),
+])
+def test_bad_input_is_one_line_never_a_traceback(capsys, tmp_path, cat, argv, fragments):
+    code, out, err = run(capsys, *[a.format(tmp=tmp_path, cat=cat) for a in argv])
+    assert_one_line_error(code, err, *fragments)
+    assert "Traceback" not in err
+
+
+def test_a_damaged_model_json_is_one_line(trained, capsys, tmp_path, cat):
+    import shutil
+    _, out = trained
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    (copy / "model.json").write_text("{not json")
+    code, _, err = run(capsys, "predict", cat, "--model", copy)
+    assert_one_line_error(code, err, "model.json is damaged", "train again")

@@ -68,35 +68,219 @@ def _model_names() -> tuple[str, ...]:
     return tuple(ARCHITECTURES)
 
 
-def _model(name: str, weights: str | None, include_top: bool = True):
-    """(model, variables, preprocess, input size) for a named model; random weights when weights is None."""
+TRAINED_SPEC = "model.json"  # written by `minicnn train` next to its weights (model/): how to rebuild the model
+
+
+class Loaded:
+    """A model ready for a command: ``model``, ``variables``, ``preprocess`` (uint8-range images -> model input),
+    ``size`` (the input side; None when any size works), ``class_names`` (None: class indices, or ImageNet's),
+    ``resize`` (how ``decode_image`` resizes: as the model's training data was, ``"pillow"`` for ImageNet models
+    as Keras' ``load_img``), ``channels`` (3, or 1: images are decoded to grayscale)."""
+
+    def __init__(self, model, variables, preprocess, size, class_names=None, resize="pillow", interpolation="nearest",
+                 channels=3):
+        self.model, self.variables, self.preprocess, self.size = model, variables, preprocess, size
+        self.class_names, self.resize, self.interpolation, self.channels = class_names, resize, interpolation, channels
+
+
+def _model_help() -> str:
+    return f"one of {', '.join(_model_names())}, or a folder written by `minicnn train`"
+
+
+def _model(name: str, weights: str | None, include_top: bool = True) -> Loaded:
+    """The model ``name`` names: a registry architecture (``weights``: "imagenet", a weight file or checkpoint,
+    or "none" for random weights) or a ``minicnn train`` output folder (its own weights; ``weights`` must be
+    None). ``weights=None`` for an architecture: ImageNet's if it has them, else refused (never random silently).
+    """
+    from minicnn.models.registry import ARCHITECTURES
+    if name not in ARCHITECTURES:
+        if Path(name, TRAINED_SPEC).is_file():
+            if weights is not None:
+                raise CLIError(f"--weights {weights} cannot apply to {name}: a `minicnn train` folder brings its own "
+                               "weights (drop --weights)")
+            return _trained(Path(name))
+        hint = (f"{name} is a folder without {TRAINED_SPEC}: not written by `minicnn train`" if Path(name).is_dir()
+                else f"unknown model {name!r}")
+        raise CLIError(f"{hint}; --model takes {_model_help()}")
+    return _architecture(name, weights, include_top)
+
+
+def _architecture(name: str, weights: str | None, include_top: bool) -> Loaded:
     import jax
     import jax.numpy as jnp
 
     from minicnn.models import architecture, mnist_convnet, small_convnet
     from minicnn.weights import pretrained
     arch = architecture(name)
-    if arch.pretrained and weights is not None:
+    if weights is None:
+        if not arch.pretrained:
+            raise CLIError(f"{name} has no pretrained weights: pass --weights none (random), --weights CHECKPOINT, "
+                           "or --model FOLDER written by `minicnn train`")
+        weights = "imagenet"
+    if arch.pretrained and weights != "none":
         p = pretrained(name, include_top, weights)
-        return p.model, p.variables, p.preprocess, arch.input_size
+        return Loaded(p.model, p.variables, p.preprocess, arch.input_size)
     if arch.pretrained:
         model, shape = arch.build(include_top=include_top), (arch.input_size, arch.input_size, 3)
     else:  # the chapter's own convnets: their dense heads fix the input size
         model = mnist_convnet(include_top=include_top) if arch.build is mnist_convnet else small_convnet()
         shape = model.input_shape
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *shape)))
-    return model, variables, (lambda x: x), shape[0]
+    x = jnp.zeros((1, *shape))
+    if weights == "none":
+        variables = jax.jit(model.init)(jax.random.key(0), x)
+    else:
+        variables = _checkpoint(weights, model, x, name)
+    return Loaded(model, variables, lambda x: x, shape[0], channels=shape[-1])
 
 
-def _weights_arg(value: str) -> str | None:
-    return None if value.lower() in ("none", "random") else value
+def _checkpoint(path: str, model, x, what: str) -> dict:
+    """The variables of the minicnn checkpoint ``path`` for ``model``; one error when they do not fit it."""
+    import jax
+
+    from minicnn.weights import load
+    if not Path(path).exists():
+        raise CLIError(f"no such weights: {path} (give \"none\", \"imagenet\" for an ImageNet model, or a checkpoint)")
+    variables = load(path)
+    expected = jax.eval_shape(model.init, jax.random.key(0), x)
+    shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)
+    if {k: shapes(variables.get(k)) for k in expected} != shapes(dict(expected)):
+        raise CLIError(f"the weights in {path} do not fit {what} (different layers or shapes): give the checkpoint "
+                       f"this architecture was trained into, or --model FOLDER written by `minicnn train`")
+    return {k: variables[k] for k in expected}
 
 
-def _image(path: str, size: int | None):
-    from minicnn.data import load_image
+def _spec_model(spec: dict):
+    """``(model, preprocess)`` rebuilt from a ``model.json`` (see :func:`_write_spec`)."""
+    from minicnn import models, weights
+    from minicnn.transfer.recipes import default_head
+    from minicnn.layers import Sequential
+    shape = tuple(spec["input_shape"])
+    if spec["architecture"] == "small_convnet":
+        return models.small_convnet(shape, dropout=spec["dropout"], classes=spec["classes"]), lambda x: x / 255.0
+    base = models.architecture(spec["architecture"]).build(include_top=False, input_shape=shape)
+    mode = spec["preprocessing"]
+    return Sequential([base, *default_head(spec["classes"])]), lambda x: weights.preprocess_input(x, mode)
+
+
+def _trained(folder: Path) -> Loaded:
+    """The model ``minicnn train`` wrote into ``folder``: ``model.json`` (architecture) + ``model/`` (weights)."""
+    import jax.numpy as jnp
+    try:
+        spec = json.loads((folder / TRAINED_SPEC).read_text())
+        model, preprocess = _spec_model(spec)
+        shape = tuple(spec["input_shape"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CLIError(f"{folder / TRAINED_SPEC} is damaged or from another version ({e}): train again") from None
+    variables = _checkpoint(str(folder / "model"), model, jnp.zeros((1, *shape)), str(folder))
+    return Loaded(model, variables, preprocess, shape[0], spec["class_names"], "tensor", "bilinear")
+
+
+def _weights_arg(value: str | None) -> str | None:
+    return "none" if value is not None and value.lower() in ("none", "random") else value
+
+
+def _image(path, loaded: Loaded | None):
+    """(H, W, C) float32 of ``path``, decoded and resized for ``loaded`` as its training data was (None: RGB at
+    the file's own size)."""
+    from minicnn.data import decode_image
     if not Path(path).is_file():
         raise CLIError(f"no such image file: {path}")
-    return load_image(path, None if size is None else (size, size))
+    size = None if loaded is None or loaded.size is None else (loaded.size, loaded.size)
+    interpolation, resize = ("nearest", "pillow") if loaded is None else (loaded.interpolation, loaded.resize)
+    color_mode = "grayscale" if loaded is not None and loaded.channels == 1 else "rgb"
+    return decode_image(path, size, color_mode, interpolation, resize=resize).astype("float32")
+
+
+def _expand_images(items) -> list[str]:
+    """Image files named by ``items``: files as given, folders searched recursively (hidden names and non-image
+    files skipped), glob patterns (``**`` recursive) expanded; one error naming an item that yields nothing."""
+    import glob
+    import os
+
+    from minicnn.data import IMAGE_EXTENSIONS
+    found = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(str(Path(root, f)) for root, dirs, names in os.walk(path)
+                           for f in names if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+                           and not any(part.startswith(".") for part in Path(root).relative_to(path).parts))
+            if not files:
+                raise CLIError(f"no images in folder {item} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
+        elif path.exists() or not glob.has_magic(item):
+            files = [item]  # a missing file is named by _image
+        else:
+            files = sorted(f for f in glob.glob(item, recursive=True) if Path(f).is_file())
+            if not files:
+                raise CLIError(f"no files match {item!r}: check the pattern (quote it so the shell leaves it to minicnn)")
+        found += files
+    return found
+
+
+def _class_names(loaded: Loaded, classes: int) -> list[str]:
+    """Names of the model's classes: a trained model's folders, ImageNet's for 1000 classes, else indices."""
+    if loaded.class_names is not None:
+        return list(loaded.class_names)
+    if classes == 1000:
+        from minicnn.weights.imagenet import class_index
+        return [name for _, (_, name) in sorted(class_index().items(), key=lambda kv: int(kv[0]))]
+    return [str(i) for i in range(max(classes, 2))]
+
+
+def _probabilities(p):
+    """(N, K) class probabilities; a single sigmoid unit is two classes ``[1 - p, p]``."""
+    import numpy as np
+    p = np.asarray(p, np.float64)
+    return np.concatenate([1 - p, p], axis=1) if p.shape[1] == 1 else p
+
+
+PREDICT_BATCH = 16  # images decoded and run at a time: a folder of thousands never sits in memory at once
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+    paths = _expand_images(args.images)
+    loaded = _model(args.model, _weights_arg(args.weights))
+    names = None
+    for start in range(0, len(paths), PREDICT_BATCH):
+        chunk = paths[start:start + PREDICT_BATCH]
+        x = np.stack([_image(p, loaded) for p in chunk])
+        probs = _probabilities(loaded.model.apply(loaded.variables, loaded.preprocess(x)))
+        names = names or _class_names(loaded, probs.shape[1] if probs.shape[1] > 2 else 1)
+        for path, row in zip(chunk, probs):
+            print(path)
+            for rank, k in enumerate(np.argsort(-row, kind="stable")[:args.top], 1):
+                print(f"  {rank}. {names[k]:<24} {row[k]:.4f}")
+    return 0
+
+
+def _class_index(value: str | None, loaded: Loaded, classes: int):
+    if value is None:
+        return None
+    names = _class_names(loaded, classes)
+    if value.isdigit() and int(value) < len(names):
+        return int(value)
+    for i, name in enumerate(names):
+        if name.lower() == value.lower():
+            return i
+    examples = ", ".join(names[:3])
+    raise CLIError(f"unknown class {value!r} for this model: give an index 0-{len(names) - 1} or a name ({examples}, ...)")
+
+
+def cmd_gradcam(args) -> int:
+    import numpy as np
+
+    from minicnn import viz
+    loaded = _model(args.model, _weights_arg(args.weights))
+    original = _image(args.image, None)  # in colour, at its own size, for the overlay
+    x = loaded.preprocess(_image(args.image, loaded)[None])
+    classes = int(np.shape(loaded.model.apply(loaded.variables, x))[-1])
+    cls = _class_index(args.class_, loaded, classes)
+    heatmap = viz.grad_cam(loaded.model, loaded.variables, x, class_index=cls, layer=args.layer)
+    out = _out_path(args.out, Path(args.image).stem + "_gradcam.png")
+    viz.overlay(original.astype(np.uint8), np.asarray(heatmap[0])).save(out)
+    print(out)
+    return 0
 
 
 def _out_path(out: str | None, default: str) -> Path:
@@ -105,58 +289,21 @@ def _out_path(out: str | None, default: str) -> Path:
     return path
 
 
-def cmd_predict(args) -> int:
-    import numpy as np
-
-    from minicnn.weights import decode_predictions
-    model, variables, preprocess, size = _model(args.model, _weights_arg(args.weights))
-    x = np.stack([_image(p, size) for p in args.images])
-    probs = np.asarray(model.apply(variables, preprocess(x)))
-    for path, decoded in zip(args.images, decode_predictions(probs, top=args.top)):
-        print(path)
-        for rank, (wnid, name, score) in enumerate(decoded, 1):
-            print(f"  {rank}. {name:<24} {wnid}  {score:.4f}")
-    return 0
-
-
-def _class_index(value: str | None):
-    if value is None:
-        return None
-    if value.isdigit():
-        return int(value)
-    from minicnn.weights.imagenet import class_index
-    for i, (_, name) in class_index().items():
-        if name.lower() == value.lower():
-            return int(i)
-    raise CLIError(f"unknown ImageNet class {value!r}: give an index 0-999 or a name such as 'tabby'")
-
-
-def cmd_gradcam(args) -> int:
-    import numpy as np
-
-    from minicnn import viz
-    model, variables, preprocess, size = _model(args.model, _weights_arg(args.weights))
-    original = _image(args.image, None)
-    x = preprocess(_image(args.image, size)[None])
-    cls = _class_index(args.class_)
-    heatmap = viz.grad_cam(model, variables, x, class_index=cls, layer=args.layer)
-    out = _out_path(args.out, Path(args.image).stem + "_gradcam.png")
-    viz.overlay(original.astype(np.uint8), np.asarray(heatmap[0])).save(out)
-    print(out)
-    return 0
-
-
 def cmd_filters(args) -> int:
     import jax
 
     from minicnn import viz
     # The conv base suffices and takes any size; the small convnets' dense heads fix their input size.
-    model, variables, preprocess, size = _model(args.model, _weights_arg(args.weights), include_top=False)
-    size = args.size or (128 if args.model in _pretrained_names() else size)
-    patterns = viz.filter_patterns(model, variables, args.layer, filters=list(range(args.filters)),
+    loaded = _model(args.model, _weights_arg(args.weights), include_top=False)
+    fixed = args.model not in _pretrained_names()
+    if fixed and args.size not in (None, loaded.size):
+        raise CLIError(f"{args.model} takes only {loaded.size}x{loaded.size} images (its Dense head fixes the size): "
+                       f"drop --size or give --size {loaded.size}")
+    size = args.size or (loaded.size if fixed else 128)
+    patterns = viz.filter_patterns(loaded.model, loaded.variables, args.layer, filters=list(range(args.filters)),
                                    size=size, steps=args.steps, preset=args.preset,
-                                   key=jax.random.key(args.seed), preprocess=preprocess)
-    out = _out_path(args.out, f"{args.model}_{args.layer.replace('/', '_')}_filters.png")
+                                   key=jax.random.key(args.seed), preprocess=loaded.preprocess)
+    out = _out_path(args.out, f"{Path(args.model).name}_{args.layer.replace('/', '_')}_filters.png")
     viz.plot_filter_grid(patterns).save(out)
     print(out)
     return 0
@@ -164,9 +311,9 @@ def cmd_filters(args) -> int:
 
 def cmd_activations(args) -> int:
     from minicnn import viz
-    model, variables, preprocess, size = _model(args.model, _weights_arg(args.weights))
-    x = preprocess(_image(args.image, size)[None])
-    acts = viz.activations(model, variables, x, layers=[args.layer])
+    loaded = _model(args.model, _weights_arg(args.weights))
+    x = loaded.preprocess(_image(args.image, loaded)[None])
+    acts = viz.activations(loaded.model, loaded.variables, x, layers=[args.layer])
     out = _out_path(args.out, f"{Path(args.image).stem}_{args.layer.replace('/', '_')}_activations.png")
     viz.plot_activations(acts, args.layer, images_per_row=args.images_per_row).save(out)
     print(out)
@@ -175,13 +322,58 @@ def cmd_activations(args) -> int:
 
 def cmd_summary(args) -> int:
     from minicnn.summary import summary
-    model, variables, _, size = _model(args.model, None, include_top=not args.no_top)
+    weights = "none" if args.model in _model_names() else None  # the architecture only; a train folder's own
+    loaded = _model(args.model, weights, include_top=not args.no_top)
     shape = tuple(args.input_shape) if args.input_shape else (
-        getattr(model, "input_shape", None) or (size, size, 3))
-    if args.input_shape:
-        variables = None  # rebuilt abstractly at the requested size
-    summary(model, shape, variables=variables)
+        getattr(loaded.model, "input_shape", None) or (loaded.size, loaded.size, 3))
+    summary(loaded.model, shape, variables=None if args.input_shape else loaded.variables)
     return 0
+
+
+SPLITS = ("train", "validation", "test")
+
+
+def _split_folders(data_dir: Path, validation_split: float | None) -> dict[str, Path] | None:
+    """The lecture's ``train/ validation/ (test/)`` layout of ``data_dir``, or None for class folders. A layout
+    needs ``train/`` and ``validation/``; any other mix of split names is refused (it would train the split
+    folders as classes)."""
+    present = [name for name in SPLITS if (data_dir / name).is_dir()]
+    if not present:
+        return None
+    if present[:2] != ["train", "validation"]:
+        raise CLIError(f"{data_dir} has {'/, '.join(present)}/ but not both train/ and validation/: give the "
+                       "lecture's layout (train/, validation/, optional test/, each with one folder per class) or "
+                       "one folder per class")
+    if validation_split is not None:
+        raise CLIError(f"{data_dir} is split already (train/, validation/): drop --validation-split")
+    return {name: data_dir / name for name in present}
+
+
+def _datasets(data_dir: Path, args):
+    """``(train, validation, test or None, classes)`` from a split layout or class folders (then split by
+    ``--validation-split``, default 0.2)."""
+    from minicnn.data import image_dataset_from_directory, list_image_files
+    splits = _split_folders(data_dir, args.validation_split)
+    class_names = list_image_files(splits["train"] if splits else data_dir)[2]
+    classes = 1 if len(class_names) == 2 else len(class_names)  # two classes: one sigmoid unit, as in the lecture
+    common = dict(target_size=(args.image_size, args.image_size), batch_size=args.batch_size, seed=args.seed,
+                  class_mode="binary" if classes == 1 else "sparse")
+    if splits is None:
+        split = dict(directory=data_dir, validation_split=args.validation_split or 0.2, **common)
+        return (image_dataset_from_directory(subset="training", **split),
+                image_dataset_from_directory(subset="validation", **split), None, classes)
+    loaded = {name: image_dataset_from_directory(path, shuffle=name == "train", **common)
+              for name, path in splits.items()}
+    for name, ds in loaded.items():
+        if ds.class_names != loaded["train"].class_names:
+            raise CLIError(f"{splits[name]} has classes {ds.class_names} but train/ has {loaded['train'].class_names}: "
+                           "give every split the same class folders")
+    return loaded["train"], loaded["validation"], loaded.get("test"), classes
+
+
+def _write_spec(out: Path, **spec) -> None:
+    """``out/model.json``: what :func:`_spec_model` needs to rebuild the trained model without code."""
+    (out / TRAINED_SPEC).write_text(json.dumps({"written_by": "minicnn train", **spec}, indent=1))
 
 
 def cmd_train(args) -> int:
@@ -189,48 +381,64 @@ def cmd_train(args) -> int:
 
     from minicnn import models, weights
     from minicnn.augment import ImageAugmenter
-    from minicnn.data import image_dataset_from_directory, list_image_files
     from minicnn.train import CSVLogger
     from minicnn.transfer import recipes
-    if not Path(args.data_dir).is_dir():
+    data_dir = Path(args.data_dir)
+    if not data_dir.is_dir():
         raise CLIError(f"no such data directory: {args.data_dir}")
     out = Path(args.out)
+    train, val, test, classes = _datasets(data_dir, args)
     out.mkdir(parents=True, exist_ok=True)
-    size = (args.image_size, args.image_size)
-    n_classes = len(list_image_files(args.data_dir)[2])
-    classes = 1 if n_classes == 2 else n_classes  # two classes: one sigmoid unit, as in the lecture
-    split = dict(directory=args.data_dir, target_size=size, batch_size=args.batch_size, seed=args.seed,
-                 validation_split=args.validation_split, class_mode="binary" if classes == 1 else "sparse")
-    train = image_dataset_from_directory(subset="training", **split)
-    val = image_dataset_from_directory(subset="validation", **split)
+    shape = (args.image_size, args.image_size, 3)
     augmenter = ImageAugmenter(rotation_range=40, width_shift_range=0.2, height_shift_range=0.2,
                                shear_range=20, zoom_range=0.2, horizontal_flip=True)
     (out / "log.csv").unlink(missing_ok=True)  # appended to, so both fine-tuning phases are logged
     common = dict(classes=classes, seed=args.seed, verbose=1, callbacks=[CSVLogger(out / "log.csv", append=True)])
+    spec = dict(recipe=args.recipe, input_shape=shape, classes=classes, class_names=train.class_names)
     if args.recipe == "scratch":
-        model = models.small_convnet((*size, 3), dropout=0.5, classes=classes)
+        model = models.small_convnet(shape, dropout=0.5, classes=classes)
+        preprocess = lambda x: x / 255.0  # noqa: E731
         history = recipes.train_from_scratch(model, train, val, epochs=args.epochs, augment=augmenter,
-                                             preprocess=lambda x: x / 255.0, **common)
+                                             preprocess=preprocess, **common)
+        spec.update(architecture="small_convnet", dropout=0.5, preprocessing="rescale")
+        model, variables = history.trainer.model, history.trainer.variables
     else:
         arch = models.architecture(args.model)
         mode = weights.preprocessing(args.model)
-        base = arch.build(include_top=False, weights="imagenet", input_shape=(*size, 3))
-        prep = dict(preprocess=lambda x: weights.preprocess_input(x, mode))
+        base = arch.build(include_top=False, weights="imagenet", input_shape=shape)
+        preprocess = lambda x: weights.preprocess_input(x, mode)  # noqa: E731
+        spec.update(architecture=args.model, preprocessing=mode)
         if args.recipe == "features":
-            history = recipes.feature_extraction(base, train, val, epochs=args.epochs,
-                                                 cache_dir=out / "features_cache", **prep, **common)
+            history = recipes.feature_extraction(base, train, val, epochs=args.epochs, preprocess=preprocess,
+                                                 cache_dir=out / "features_cache", **common)
         elif args.recipe == "features-aug":
             history = recipes.feature_extraction_with_augmentation(base, train, val, epochs=args.epochs,
-                                                                   augment=augmenter, **prep, **common)
+                                                                   augment=augmenter, preprocess=preprocess, **common)
         else:
-            history = recipes.fine_tune(base, train, val, unfreeze_from=arch.unfreeze_from,
-                                        epochs=(args.epochs, args.epochs), augment=augmenter, **prep, **common)
-    weights.save(jax.device_get(history.trainer.variables), out / "model")
+            history = recipes.fine_tune(base, train, val, unfreeze_from=arch.unfreeze_from, preprocess=preprocess,
+                                        epochs=(args.epochs, args.epochs), augment=augmenter, **common)
+        model, variables = _spec_model(spec)[0], history.trainer.variables
+        if args.recipe == "features":  # the trainer holds the head alone: graft it onto the pretrained base
+            x = jax.numpy.zeros((1, *shape))
+            variables = _with_head(recipes.pretrained_model(base, x, classes=classes)[1], variables)
+    weights.save(jax.device_get(variables), out / "model")
+    _write_spec(out, **spec)
     history.save(out / "history.json")
     history.plot(out / "curves.png")
     last = {k: v[-1] for k, v in history.history.items() if v}
+    if test is not None:
+        from minicnn.train import Trainer
+        evaluator = Trainer(model, "binary_crossentropy" if classes == 1 else "sparse_categorical_crossentropy",
+                            "rmsprop", metrics=["accuracy"], variables=variables)
+        last.update({f"test_{k}": v for k, v in evaluator.evaluate(test.map(preprocess), return_dict=True).items()})
     print(json.dumps({"recipe": args.recipe, "classes": train.class_names, "out": str(out), **last}, default=float))
     return 0
+
+
+def _with_head(full: dict, head: dict) -> dict:
+    """``full`` (``Sequential([base, *head])``'s variables) with every head layer's variables replaced by the trained
+    ``head``'s (same layer names: both are :func:`default_head`)."""
+    return {kind: {**tree, **head.get(kind, {})} for kind, tree in full.items()}
 
 
 def cmd_weights(args) -> int:
@@ -270,38 +478,39 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    pretrained_models, models = _pretrained_names(), _model_names()
+    model_help = f"{_model_help()} (default efficientnet_lite0)"
+    weights_help = ('"imagenet" (the default for an ImageNet model), a weight file or minicnn checkpoint, or "none" '
+                    "for random weights; not with a `minicnn train` folder, which brings its own")
 
-    def model_args(p, default="efficientnet_lite0", choices=pretrained_models):
-        p.add_argument("--model", default=default, choices=choices)
-        p.add_argument("--weights", default="imagenet",
-                       help='"imagenet" (default), a weight file, or "none" for random weights')
+    def model_args(p):
+        p.add_argument("--model", default="efficientnet_lite0", help=model_help)
+        p.add_argument("--weights", help=weights_help)
 
     p = add("demo", cmd_demo, "the main job: the chapter-5 story on real images that ship with the dependencies")
     p.add_argument("--out", default="minicnn_demo", help="output folder (PNGs and report.html)")
     p.add_argument("--model", default="efficientnet_lite0", choices=("efficientnet_lite0", "vgg16"))
     p.add_argument("--quick", action="store_true", help="a smaller run (under 2 minutes)")
 
-    p = add("predict", cmd_predict, "ImageNet top-k for image files")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p = add("predict", cmd_predict, "top-k classes for image files, folders (searched recursively) and globs")
+    p.add_argument("images", nargs="+", metavar="IMAGE|FOLDER|GLOB")
     model_args(p)
     p.add_argument("--top", type=positive_int, default=5)
 
     p = add("gradcam", cmd_gradcam, "Grad-CAM heatmap over an image")
     p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--class", dest="class_", help="ImageNet class index or name (default: the top prediction)")
+    p.add_argument("--class", dest="class_", help="class index or name (default: the top prediction)")
     p.add_argument("--layer", help="feature layer (default: the last conv layer)")
     p.add_argument("--out")
     model_args(p)
 
     p = add("filters", cmd_filters, "filter patterns of a layer by gradient ascent")
-    p.add_argument("model", choices=models, metavar="MODEL")
+    p.add_argument("model", metavar="MODEL", help=_model_help())
     p.add_argument("layer", metavar="LAYER")
     p.add_argument("--out")
-    p.add_argument("--weights", default="imagenet")
+    p.add_argument("--weights", help=weights_help)
     p.add_argument("--filters", type=positive_int, default=16, help="the first N filters")
     p.add_argument("--steps", type=positive_int, default=40)
-    p.add_argument("--size", type=positive_int, help="image size (default 128; the input size of a small convnet)")
+    p.add_argument("--size", type=positive_int, help="image size (default 128; a model with a dense head: its input size)")
     p.add_argument("--preset", default="book", choices=("book", "lucid"))
     p.add_argument("--seed", type=int, default=0)
 
@@ -313,19 +522,22 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
 
     p = add("summary", cmd_summary, "Keras-style summary of a model")
-    p.add_argument("model", choices=models, metavar="MODEL")
+    p.add_argument("model", metavar="MODEL", help=_model_help())
     p.add_argument("--input-shape", type=positive_int, nargs=3, metavar=("H", "W", "C"))
     p.add_argument("--no-top", action="store_true", help="the conv base only (include_top=False)")
 
-    p = add("train", cmd_train, "train on a folder of class sub-folders with a chapter-5 recipe")
+    p = add("train", cmd_train, "train with a chapter-5 recipe on one folder per class, or on the lecture's "
+                                "train/ validation/ (test/) layout; writes model/ and model.json for the other commands")
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--recipe", required=True, choices=RECIPES)
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--out", default="minicnn_train")
-    p.add_argument("--model", default="efficientnet_lite0", choices=("efficientnet_lite0", "vgg16"))
+    p.add_argument("--model", default="efficientnet_lite0", choices=_pretrained_names(),
+                   help="the pretrained base of the transfer recipes")
     p.add_argument("--image-size", type=positive_int, default=150)
     p.add_argument("--batch-size", type=positive_int, default=20)
-    p.add_argument("--validation-split", type=fraction, default=0.2)
+    p.add_argument("--validation-split", type=fraction,
+                   help="held out of class folders (default 0.2); not with a train/ validation/ layout")
     p.add_argument("--seed", type=int, default=0)
 
     p = add("weights", cmd_weights, "list, fetch or port pretrained weight sets")

@@ -11,6 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from minicnn import ops
 from minicnn.augment import ImageAugmenter
@@ -140,3 +141,16 @@ def test_fine_tune_keeps_batchnorm_frozen_unless_asked():
         assert not same(after["params"]["sequential"]["conv2d"], start["params"]["conv2d"])
         bn = [after[c]["sequential"]["batch_normalization"] for c in ("params", "batch_stats")]
         assert same(bn, [start[c]["batch_normalization"] for c in ("params", "batch_stats")]) != train_batchnorm
+
+
+def test_a_recipe_trainer_can_change_its_learning_rate_by_name():
+    """Recipes keep the optimizer as a name, so the lecture's recompile at a lower rate is one call."""
+    from minicnn.layers import Conv2D, MaxPooling2D, Sequential
+    from minicnn.transfer import feature_extraction_with_augmentation
+
+    x = np.random.default_rng(0).uniform(0, 255, (6, 16, 16, 3)).astype(np.float32)
+    base = Sequential([Conv2D(2, 3), MaxPooling2D(2)])
+    history = feature_extraction_with_augmentation(base, from_arrays(x, np.arange(6) % 2, batch_size=3, seed=0),
+                                                   epochs=1, head=None)
+    history.trainer.set_trainable(None, learning_rate=1e-5)
+    assert history.trainer.learning_rate == pytest.approx(1e-5)

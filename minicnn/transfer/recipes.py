@@ -46,9 +46,12 @@ def _loss(classes: int) -> str:
     return "binary_crossentropy" if classes == 1 else "sparse_categorical_crossentropy"
 
 
-def _optimizer(optimizer, learning_rate: float):
-    """A Keras optimizer name at ``learning_rate``, or an optax transform as given (its own rate)."""
-    return optimizers.get(optimizer, learning_rate=learning_rate) if isinstance(optimizer, str) else optimizer
+def _optimizer(optimizer, learning_rate: float) -> dict:
+    """Trainer arguments: a Keras optimizer name at ``learning_rate`` (kept as a name, so the trainer can
+    rebuild it, e.g. ``set_trainable(mask, learning_rate=1e-5)``), or an optax transform as given (its own rate)."""
+    if isinstance(optimizer, str):
+        return {"optimizer": optimizer, "optimizer_kwargs": {"learning_rate": learning_rate}}
+    return {"optimizer": optimizer}
 
 
 def _prepared(data, augment=None, preprocess=None, seed: int = 0):
@@ -95,7 +98,7 @@ def train_from_scratch(model: nn.Module, train, validation=None, *, epochs: int 
                        variables=None, seed: int = 0, verbose: int = 0, callbacks=()) -> History:
     """Train every parameter of ``model`` (e.g. :func:`minicnn.models.small_convnet`) from its
     random initialisation (seeded by ``seed``), or from ``variables`` when given."""
-    trainer = Trainer(model, _loss(classes), _optimizer(optimizer, learning_rate), variables=variables)
+    trainer = Trainer(model, _loss(classes), **_optimizer(optimizer, learning_rate), variables=variables)
     return trainer.fit(_prepared(train, augment, preprocess, seed), epochs=epochs, seed=seed, verbose=verbose,
                        callbacks=callbacks, validation_data=_prepared(validation, preprocess=preprocess))
 
@@ -118,7 +121,7 @@ def feature_extraction(base: nn.Module, train, validation=None, *, variables=Non
         return from_arrays(f, y, batch_size=getattr(data, "batch_size", 32), shuffle=shuffle, seed=seed)
 
     head = Sequential(default_head(classes) if head is None else head)
-    trainer = Trainer(head, _loss(classes), _optimizer(optimizer, learning_rate))
+    trainer = Trainer(head, _loss(classes), **_optimizer(optimizer, learning_rate))
     return trainer.fit(features(train, True), epochs=epochs, seed=seed, verbose=verbose,
                        callbacks=callbacks,
                        validation_data=None if validation is None else features(validation, False))
@@ -134,8 +137,7 @@ def feature_extraction_with_augmentation(base: nn.Module, train, validation=None
     model, full = pretrained_model(base, _first_x(_prepared(train, preprocess=preprocess)), variables, head,
                                    classes, seed)
     mask = trainable_mask(full, "all", layers=[model.layer_names()[0]])
-    trainer = Trainer(model, _loss(classes), _optimizer(optimizer, learning_rate),
-                      variables=full, trainable=mask)
+    trainer = Trainer(model, _loss(classes), **_optimizer(optimizer, learning_rate), variables=full, trainable=mask)
     return trainer.fit(_prepared(train, augment, preprocess, seed), epochs=epochs, seed=seed, verbose=verbose,
                        callbacks=callbacks, validation_data=_prepared(validation, preprocess=preprocess))
 
@@ -168,7 +170,8 @@ def fine_tune(base: nn.Module, train, validation=None, *, unfreeze_from: str, va
                           input_shape=x.shape[1:])
     if not train_batchnorm:
         mask = jax.tree_util.tree_map(lambda m, bn: m and not bn, mask, _batchnorm_leaves(trainer.variables))
-    trainer.set_trainable(mask, _optimizer(optimizer, learning_rates[1]))
+    phase2 = _optimizer(optimizer, learning_rates[1])
+    trainer.set_trainable(mask, phase2["optimizer"], **phase2.get("optimizer_kwargs", {}))
     return trainer.fit(_prepared(train, augment, preprocess, seed + 1), epochs=start + epochs[1],
                        initial_epoch=start, seed=seed, verbose=verbose, callbacks=callbacks,
                        validation_data=_prepared(validation, preprocess=preprocess))

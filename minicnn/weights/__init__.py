@@ -8,7 +8,7 @@ and ``load(path)`` keep any nested dict of arrays. See docs/WEIGHTS.md.
 from minicnn.weights.fetch import WeightsUnavailableError, fetch, get
 from minicnn.weights.imagenet import decode_predictions, preprocess_input
 from minicnn.weights.port import list_weights, port, port_file, pretrained_variables
-from minicnn.weights.pretrained import Pretrained, init, pretrained, preprocessing
+from minicnn.weights.pretrained import Pretrained, graft, init, pretrained, preprocessing
 from minicnn.weights.registry import registry
 from minicnn.weights.safetensors_io import read_safetensors, save_safetensors
 from minicnn.weights.store import load, save

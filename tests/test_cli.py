@@ -1,5 +1,7 @@
 """Each CLI command, its output and its error paths (one line on stderr, exit code 2)."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -241,13 +243,18 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     data = photo_folders(root / "data", ("train", "validation", "test"))
     out = root / "run"
-    assert main(["train", str(data), "--recipe", "scratch", "--epochs", "1", "--image-size", "48",
-                 "--batch-size", "4", "--out", str(out)]) == 0
-    return data, out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["train", str(data), "--recipe", "scratch", "--epochs", "1", "--image-size", "48",
+                     "--batch-size", "4", "--out", str(out)]) == 0
+    return data, out, printed.getvalue()
 
 
 def test_train_uses_the_split_layout_and_writes_the_architecture(trained, capsys):
-    data, out = trained
+    data, out, printed = trained
+    assert printed.count("Found 6 files belonging to 2 classes.") == 3  # train/, validation/, test/: 2 classes
+    summary = json.loads(printed.splitlines()[-1])
+    assert summary["classes"] == ["cats", "coffee"] and {"test_loss", "val_loss"} <= set(summary)
     spec = json.loads((out / "model.json").read_text())
     assert spec["class_names"] == ["cats", "coffee"] and spec["architecture"] == "small_convnet"
     assert spec["input_shape"] == [48, 48, 3] and spec["classes"] == 1
@@ -266,7 +273,7 @@ def test_train_layout_errors(capsys, tmp_path):
 
 
 def test_predict_a_trained_folder_on_files_folders_and_globs(trained, capsys):
-    data, out = trained
+    data, out, _ = trained
     code, stdout, _ = run(capsys, "predict", data / "test", str(data / "validation" / "*" / "*_0.png"),
                           data / "train" / "cats" / "cats_1.png", "--model", out, "--top", "2")
     assert code == 0
@@ -279,7 +286,7 @@ def test_predict_a_trained_folder_on_files_folders_and_globs(trained, capsys):
 
 
 def test_every_command_takes_a_trained_folder(trained, capsys, tmp_path):
-    data, out = trained
+    data, out, _ = trained
     image = data / "test" / "cats" / "cats_0.png"
     code, stdout, _ = run(capsys, "gradcam", image, "--model", out, "--class", "coffee", "--out", tmp_path / "g.png")
     assert code == 0 and Image.open(tmp_path / "g.png").size == Image.open(image).size
@@ -292,7 +299,7 @@ def test_every_command_takes_a_trained_folder(trained, capsys, tmp_path):
 
 
 def test_weights_are_never_silently_ignored(trained, capsys, cat):
-    data, out = trained
+    data, out, _ = trained
     code, _, err = run(capsys, "predict", cat, "--model", "small_convnet")
     assert_one_line_error(code, err, "small_convnet has no pretrained weights", "--weights none")
     code, _, err = run(capsys, "predict", cat, "--model", out, "--weights", "imagenet")
@@ -323,9 +330,22 @@ def test_bad_input_is_one_line_never_a_traceback(capsys, tmp_path, cat, argv, fr
 
 def test_a_damaged_model_json_is_one_line(trained, capsys, tmp_path, cat):
     import shutil
-    _, out = trained
+    _, out, _ = trained
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
     (copy / "model.json").write_text("{not json")
     code, _, err = run(capsys, "predict", cat, "--model", copy)
     assert_one_line_error(code, err, "model.json is damaged", "train again")
+
+
+def test_features_recipe_saves_a_model_that_takes_images(capsys, tmp_path):
+    """The features recipe trains a head on cached features; the saved model is base + that head: on a test/
+    folder identical to validation/, the whole model's test loss is the head's validation loss."""
+    data = photo_folders(tmp_path / "data", ("train", "validation", "test"))
+    code, stdout, _ = run(capsys, "train", data, "--recipe", "features", "--epochs", "1", "--image-size", "32",
+                          "--batch-size", "4", "--out", tmp_path / "run")
+    assert code == 0
+    summary = json.loads(stdout.splitlines()[-1])
+    assert summary["test_loss"] == pytest.approx(summary["val_loss"], rel=1e-5)
+    code, stdout, _ = run(capsys, "predict", data / "test", "--model", tmp_path / "run", "--top", "1")
+    assert code == 0 and len(stdout.splitlines()) == 12

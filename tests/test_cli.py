@@ -251,7 +251,7 @@ def trained(tmp_path_factory):
 
 
 def test_train_uses_the_split_layout_and_writes_the_architecture(trained, capsys):
-    data, out, printed = trained
+    _, out, printed = trained
     assert printed.count("Found 6 files belonging to 2 classes.") == 3  # train/, validation/, test/: 2 classes
     summary = json.loads(printed.splitlines()[-1])
     assert summary["classes"] == ["cats", "coffee"] and {"test_loss", "val_loss"} <= set(summary)
@@ -267,7 +267,8 @@ def test_train_layout_errors(capsys, tmp_path):
     code, _, err = run(capsys, "train", only_train, "--recipe", "scratch", "--out", tmp_path / "o")
     assert_one_line_error(code, err, "not both train/ and validation/")
     split = photo_folders(tmp_path / "b", ("train", "validation"))
-    code, _, err = run(capsys, "train", split, "--recipe", "scratch", "--validation-split", "0.3", "--out", tmp_path / "o")
+    code, _, err = run(capsys, "train", split, "--recipe", "scratch", "--validation-split", "0.3",
+                       "--out", tmp_path / "o")
     assert_one_line_error(code, err, "split already", "drop --validation-split")
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
@@ -299,7 +300,7 @@ def test_every_command_takes_a_trained_folder(trained, capsys, tmp_path):
 
 
 def test_weights_are_never_silently_ignored(trained, capsys, cat):
-    data, out, _ = trained
+    _, out, _ = trained
     code, _, err = run(capsys, "predict", cat, "--model", "small_convnet")
     assert_one_line_error(code, err, "small_convnet has no pretrained weights", "--weights none")
     code, _, err = run(capsys, "predict", cat, "--model", out, "--weights", "imagenet")
@@ -323,7 +324,7 @@ def test_weights_are_never_silently_ignored(trained, capsys, cat):
     (["train", "{tmp}", "--recipe", "scratch"], ["has no sub-folders"]),
 ])
 def test_bad_input_is_one_line_never_a_traceback(capsys, tmp_path, cat, argv, fragments):
-    code, out, err = run(capsys, *[a.format(tmp=tmp_path, cat=cat) for a in argv])
+    code, _, err = run(capsys, *[a.format(tmp=tmp_path, cat=cat) for a in argv])
     assert_one_line_error(code, err, *fragments)
     assert "Traceback" not in err
 

@@ -152,8 +152,8 @@ def _checkpoint(path: str, model, x, what: str) -> dict:
 def _spec_model(spec: dict):
     """``(model, preprocess)`` rebuilt from a ``model.json`` (see :func:`_write_spec`)."""
     from minicnn import models, weights
-    from minicnn.transfer.recipes import default_head
     from minicnn.layers import Sequential
+    from minicnn.transfer.recipes import default_head
     shape = tuple(spec["input_shape"])
     if spec["architecture"] == "small_convnet":
         return models.small_convnet(shape, dropout=spec["dropout"], classes=spec["classes"]), lambda x: x / 255.0
@@ -212,7 +212,8 @@ def _expand_images(items) -> list[str]:
         else:
             files = sorted(f for f in glob.glob(item, recursive=True) if Path(f).is_file())
             if not files:
-                raise CLIError(f"no files match {item!r}: check the pattern (quote it so the shell leaves it to minicnn)")
+                raise CLIError(f"no files match {item!r}: check the pattern (quote it, so the shell leaves it to "
+                               "minicnn)")
         found += files
     return found
 
@@ -264,7 +265,8 @@ def _class_index(value: str | None, loaded: Loaded, classes: int):
         if name.lower() == value.lower():
             return i
     examples = ", ".join(names[:3])
-    raise CLIError(f"unknown class {value!r} for this model: give an index 0-{len(names) - 1} or a name ({examples}, ...)")
+    raise CLIError(f"unknown class {value!r} for this model: give an index 0-{len(names) - 1} or a name "
+                   f"({examples}, ...)")
 
 
 def cmd_gradcam(args) -> int:
@@ -397,7 +399,7 @@ def cmd_train(args) -> int:
     spec = dict(recipe=args.recipe, input_shape=shape, classes=classes, class_names=train.class_names)
     if args.recipe == "scratch":
         model = models.small_convnet(shape, dropout=0.5, classes=classes)
-        preprocess = lambda x: x / 255.0  # noqa: E731
+        preprocess = lambda x: x / 255.0
         history = recipes.train_from_scratch(model, train, val, epochs=args.epochs, augment=augmenter,
                                              preprocess=preprocess, **common)
         spec.update(architecture="small_convnet", dropout=0.5, preprocessing="rescale")
@@ -406,7 +408,7 @@ def cmd_train(args) -> int:
         arch = models.architecture(args.model)
         mode = weights.preprocessing(args.model)
         base = arch.build(include_top=False, weights="imagenet", input_shape=shape)
-        preprocess = lambda x: weights.preprocess_input(x, mode)  # noqa: E731
+        preprocess = lambda x: weights.preprocess_input(x, mode)
         spec.update(architecture=args.model, preprocessing=mode)
         if args.recipe == "features":
             history = recipes.feature_extraction(base, train, val, epochs=args.epochs, preprocess=preprocess,
@@ -510,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help=weights_help)
     p.add_argument("--filters", type=positive_int, default=16, help="the first N filters")
     p.add_argument("--steps", type=positive_int, default=40)
-    p.add_argument("--size", type=positive_int, help="image size (default 128; a model with a dense head: its input size)")
+    p.add_argument("--size", type=positive_int,
+                   help="image size (default 128; a model with a dense head: its input size)")
     p.add_argument("--preset", default="book", choices=("book", "lucid"))
     p.add_argument("--seed", type=int, default=0)
 
@@ -527,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-top", action="store_true", help="the conv base only (include_top=False)")
 
     p = add("train", cmd_train, "train with a chapter-5 recipe on one folder per class, or on the lecture's "
-                                "train/ validation/ (test/) layout; writes model/ and model.json for the other commands")
+                                "train/ validation/ (test/) layout; writes model/ and model.json for the other "
+                                "commands")
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--recipe", required=True, choices=RECIPES)
     p.add_argument("--epochs", type=positive_int, default=10)

@@ -80,13 +80,29 @@ def init(model: nn.Module, rngs, x, **kwargs) -> dict:
     is initialised from ``rngs`` as ``model.init`` would. Porting happens here, eagerly; the shapes are
     checked leaf by leaf against the model's.
     """
+    shapes = inspector.abstract_variables(model, x)
+    found = _weighted(model, shapes, x)
+    if found and found[0][0] == ():  # the model itself is pretrained: no random initialisation to compile
+        whole = _whole(shapes, pretrained_variables(model.arch, model.weights, model.include_top))
+        if whole is not None:
+            return whole
     with warnings.catch_warnings():  # this function loads the weights the warning says are missing
         warnings.simplefilter("ignore", UserWarning)
         variables = jax.device_get(_jitted_init(model, tuple(sorted(kwargs.items())))(rngs, x))
-    for path, module in _weighted(model, variables, x):
+    for path, module in found:
         loaded = pretrained_variables(module.arch, module.weights, module.include_top)
         variables = graft(variables, path, loaded, f"{module.arch}(weights={module.weights!r})")
     return variables
+
+
+def _whole(shapes, loaded: Mapping) -> dict | None:
+    """``loaded`` when it holds exactly the model's variables (same paths, shapes), cast to their dtypes;
+    None when the model has more (e.g. a top the weights lack), which the graft then reports."""
+    want = traverse_util.flatten_dict(dict(shapes))
+    have = traverse_util.flatten_dict(dict(loaded))
+    if want.keys() != have.keys() or any(tuple(want[k].shape) != np.shape(have[k]) for k in want):
+        return None
+    return traverse_util.unflatten_dict({k: np.asarray(have[k], want[k].dtype) for k in want})
 
 
 def _weighted(model: nn.Module, variables, x) -> list[tuple[tuple[str, ...], nn.Module]]:

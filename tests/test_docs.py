@@ -44,6 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "docs" / "TUTORIAL.md"]
 SUBSTITUTIONS = [(r"\b150\b", "48"), (r"epochs=\(\d+, \d+\)", "epochs=(1, 1)"), (r"epochs=\d+", "epochs=1")]
 SMALL = 32
+TABLE_MARKER = "<!-- keras-to-minicnn table"
+# the table's Grad-CAM row needs VGG16 with its top (a 553 MB download): it runs on the offline
+# EfficientNet-Lite0 instead, at its last conv layer; nothing else in the table is changed
+TABLE_SUBSTITUTIONS = [*SUBSTITUTIONS, (r'minicnn\.pretrained\("vgg16"\)', 'minicnn.pretrained("efficientnet_lite0")'),
+                       (r'"block5_conv3"', '"top_conv"')]
 SKIPPED = {"TUTORIAL.md": ['minicnn.pretrained("efficientnet_lite0")']}
 
 
@@ -52,8 +57,21 @@ def python_blocks(path: Path) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.MULTILINE | re.DOTALL)
 
 
-def shrink(code: str) -> str:
-    for pattern, replacement in SUBSTITUTIONS:
+def table_code(path: Path) -> list[tuple[str, str]]:
+    """``(row name, code)`` for each row of the Keras-to-minicnn table after ``TABLE_MARKER``: the
+    row's minicnn cell (its last column), its code spans joined by newlines."""
+    lines = path.read_text().split(TABLE_MARKER, 1)[1].splitlines()
+    rows = []
+    for line in lines[3:]:  # after the marker's line, the header and the |---| line
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        rows.append((cells[0], "\n".join(re.findall(r"`([^`]+)`", cells[-1]))))
+    return rows
+
+
+def shrink(code: str, substitutions=SUBSTITUTIONS) -> str:
+    for pattern, replacement in substitutions:
         code = re.sub(pattern, replacement, code)
     return code
 
@@ -77,7 +95,7 @@ def workdir(tmp_path_factory):
     """A working directory with the tutorial's image folder and an offline ``vgg16_imagenet_notop``."""
     root = tmp_path_factory.mktemp("docs")
     for cls, images in _photos().items():
-        for split, chosen in (("train", images), ("validation", images[::2])):
+        for split, chosen in (("train", images), ("validation", images[::2]), ("test", images[1::2])):
             folder = root / "cats_and_dogs_small" / split / cls
             folder.mkdir(parents=True)
             for i, image in enumerate(chosen):
@@ -119,6 +137,25 @@ def test_python_blocks_run(doc, offline):
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)  # e.g. "init gives RANDOM weights": the doc would mislead
             exec(code, namespace)  # noqa: S102 - the documentation's own examples
+
+
+def test_keras_to_minicnn_table_runs(offline):
+    """Every minicnn line of TUTORIAL's Keras-to-minicnn table, row by row in one namespace."""
+    rows = table_code(ROOT / "docs" / "TUTORIAL.md")
+    assert len(rows) >= 15 and all(code for _, code in rows), [name for name, code in rows if not code]
+    namespace = {"__name__": "docs_table"}
+    for name, code in rows:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            exec(compile(shrink(code, TABLE_SUBSTITUTIONS), f"TUTORIAL table row {name!r}", "exec"), namespace)  # noqa: S102
+    ns = namespace
+    assert list(ns["history"].history) == ["acc", "loss", "val_acc", "val_loss"]
+    assert isinstance(ns["test_loss"], float) and 0 <= ns["test_acc"] <= 1
+    assert len(ns["activations"]) == 8 and Path("cats_and_dogs_small_2").is_dir()
+    assert ns["heatmap"].shape[0] == 1 and ns["patterns"].shape[0] == 1
+    from minicnn.transfer import count_params
+    # the numbers the table's notes quote for InceptionV3's layers[249:]
+    assert count_params(ns["shapes"], ns["mask"]) == (21_802_784, 11_114_880, 10_687_904)
 
 
 def test_quoted_parameter_counts():

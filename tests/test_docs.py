@@ -179,3 +179,32 @@ def test_quoted_parameter_counts():
     base = jax.eval_shape(VGG16(include_top=False).init, jax.random.key(0), jnp.zeros((1, 150, 150, 3)))
     top = jax.eval_shape(VGG16().init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
     assert count_params(base)[0] == 14_714_688 and count_params(top)[0] == 138_357_544
+
+
+def test_readme_model_table_counts():
+    """README's model table: every registry architecture has a row, and its counts are
+    ``count_params(jax.eval_shape(model.init, ...))`` with and without the top (shapes only)."""
+    import jax
+    import jax.numpy as jnp
+
+    import minicnn
+    from minicnn.models import ARCHITECTURES
+
+    section = (ROOT / "README.md").read_text().split("## Models", 1)[1]
+    rows = re.findall(r"^\| `(\w+)`[^|]*\| ([\d,]+) \| ([\d,–]+) \|", section, flags=re.MULTILINE)
+    quoted = {name: (top, notop) for name, top, notop in rows}
+    builders = {a.build.__name__: a for a in ARCHITECTURES.values()}
+    assert set(quoted) == set(builders), "README's model table and the model registry list different models"
+
+    def total(model, side, channels=3):
+        shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, side, side, channels)))
+        return f"{minicnn.count_params(shapes)[0]:,}"
+
+    for name, (top, notop) in quoted.items():
+        arch = builders[name]
+        if arch.input_size:  # an application model: Keras' arguments
+            assert (total(arch.build(), arch.input_size), total(arch.build(include_top=False), arch.input_size)) \
+                == (top, notop), name
+    assert total(builders["small_convnet"].build(), 150) == quoted["small_convnet"][0]
+    mnist = builders["mnist_convnet"].build
+    assert (total(mnist(), 28, 1), total(mnist(include_top=False), 28, 1)) == quoted["mnist_convnet"]

@@ -2,6 +2,7 @@
 a transfer cut half-way (resumed with Range), a missing file, and no server at all."""
 
 import hashlib
+import importlib
 import json
 import os
 import socket
@@ -273,6 +274,16 @@ def test_a_trickling_server_stops_at_the_deadline(env):
         download(entry("trickle"), cache / "trickle.bin", progress=False, timeout=0.5, deadline=1)
     assert time.monotonic() - start < 5
     assert not (cache / "trickle.bin").exists()
+
+
+def test_a_trickling_server_is_given_up_below_the_low_speed_limit(env, monkeypatch):
+    """Without a short deadline: one byte every 0.2 s is below 1 KiB/s, given up after LOW_SPEED_TIME (1 s here)."""
+    cache, _ = env
+    monkeypatch.setattr(importlib.import_module("minicnn.weights.fetch"), "LOW_SPEED_TIME", 1)
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match=r"cannot download trickle .*bytes in 1 s, slower than 1024 bytes/s"):
+        download(entry("trickle"), cache / "trickle.bin", progress=False, timeout=5)
+    assert time.monotonic() - start < 5
 
 
 def test_the_deadline_comes_from_the_environment(env, monkeypatch):

@@ -31,6 +31,7 @@ CHUNK = 1 << 20
 DEADLINE = 30 * 60     # seconds for a whole download (``$MINICNN_DOWNLOAD_DEADLINE``)
 MAX_BYTES = 4 << 30    # the cap when the registry gives no size
 SIZE_SLACK = 1 << 16   # bytes a server may send beyond the registry's size
+LOW_SPEED, LOW_SPEED_TIME = 1024, 30  # give up below 1 KiB/s sustained for 30 s, as curl's --speed-limit
 _verified: set = set()  # (path, size, mtime_ns, hash) of files whose hash was checked
 
 
@@ -191,9 +192,17 @@ def _stream(e: Mapping, tmp: Path, progress: bool, retries: int, timeout: float,
                         tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=e["filename"],
                              disable=not progress) as bar:
                     received = have
+                    window, window_bytes = time.monotonic(), have
                     # read1: whatever has arrived, so a trickling server cannot hold one read forever
                     while block := response.read1(CHUNK):
                         received += len(block)
+                        if time.monotonic() - window >= LOW_SPEED_TIME:  # curl's --speed-limit/--speed-time
+                            if received - window_bytes < LOW_SPEED * LOW_SPEED_TIME:
+                                raise WeightsUnavailableError(_offline_message(
+                                    e, f"the server sent {received - window_bytes} bytes in {LOW_SPEED_TIME} s, "
+                                       f"slower than {LOW_SPEED} bytes/s; what arrived is kept and the next call "
+                                       f"resumes it"))
+                            window, window_bytes = time.monotonic(), received
                         if received > cap:
                             out.close()
                             raise _too_big(e, tmp, cap, "sent")

@@ -177,3 +177,11 @@ def test_checkpoint_written_by_the_old_layout_still_loads(tmp_path, uninterrupte
     assert back.epoch == EPOCHS and back.history.history == t.history.history
     with pytest.raises(FileExistsError, match="not a minicnn checkpoint"):  # read-only: never overwritten
         back.save(tmp_path / "old")
+
+
+def test_an_unbuilt_trainer_checks_the_model_against_the_recorded_input_shape(tmp_path, uninterrupted):
+    """The checkpoint records the input shape it was built for, so no input_shape argument is needed."""
+    uninterrupted.save(tmp_path / "mine")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'mine'} is a checkpoint of another model"):
+        Trainer.restore(tmp_path / "mine", other_model(), optimizer="adam")
+    assert Trainer.restore(tmp_path / "mine", model(), optimizer="adam").epoch == EPOCHS

@@ -70,6 +70,7 @@ def load(path: str | os.PathLike) -> dict:
         "history": History.from_json(history),
         "fingerprint": fingerprint,
         "data_seed": data_seed,
+        "input_shape": tuple(metadata["input_shape"]) if metadata.get("input_shape") else None,
     }
 
 

@@ -187,7 +187,8 @@ def check_path(path) -> Path:
 
 
 def save(path: str | os.PathLike, model: nn.Module, state: Mapping, flat_mask: Mapping, epoch: int, history,
-         compile: Mapping, fingerprint: str | None = None, data_seed: int | None = None) -> Path:
+         compile: Mapping, fingerprint: str | None = None, data_seed: int | None = None,
+         input_shape: tuple[int, ...] | None = None) -> Path:
     """Write the directory ``path`` atomically and return its absolute path: ``model``'s architecture
     (when it is minicnn's), the train ``state``, the mask, ``epoch``, ``history`` and the
     :func:`compile_config`. The arrays and the other metadata are :func:`minicnn.train.checkpoint.save`'s,
@@ -200,7 +201,7 @@ def save(path: str | os.PathLike, model: nn.Module, state: Mapping, flat_mask: M
     tree = {"state": {**state, "opt_state": serialization.to_state_dict(state["opt_state"])},
             "trainable": traverse_util.unflatten_dict({k: np.asarray(v) for k, v in flat_mask.items()})}
     metadata = {"kind": checkpoint.KIND, "epoch": int(epoch), "history": json.loads(history.to_json()),
-                "fingerprint": fingerprint, "data_seed": data_seed,
+                "fingerprint": fingerprint, "data_seed": data_seed, "input_shape": input_shape,
                 "model": architecture, "unsavable": unsavable, "compile": dict(compile)}
     return store.save(jax.device_get(tree), path, metadata=metadata)
 

@@ -213,6 +213,7 @@ class Trainer:
         self.history = History()
         self.stop_training = False
         self._data_seed = None  # the seed of the data fit last trained on (kept in checkpoints)
+        self._input_shape = None  # (H, W, C) the model was built for (kept in checkpoints: load checks the model)
         self._ending_epoch = None  # (epoch, logs) while on_epoch_end callbacks run
         self._predict_step = ops.jit(lambda variables, x: model.apply(variables, x, train=False))
         self._eval_step = ops.jit(make_eval_step(model, self.loss_fn, self.metric_fns))
@@ -233,6 +234,7 @@ class Trainer:
         else:
             variables = self._initial_variables
         self.state = init_state(_copy(dict(variables)), optax.identity(), step_key)  # set_trainable: opt_state
+        self._input_shape = tuple(int(d) for d in np.shape(x)[1:])
         self._field_mask = masks.from_trainable_fields(self.model, variables, np.shape(x)[1:])
         self.set_trainable(self._mask)
 
@@ -519,7 +521,7 @@ class Trainer:
         loss, metrics, from_logits = self._compile
         compile_config = saving.compile_config(loss, *self._optimizer, metrics, from_logits)
         return saving.save(directory, self.model, self.state, self._flat_mask, self.epoch, self._history_so_far(),
-                           compile_config, fingerprint, self._data_seed)
+                           compile_config, fingerprint, self._data_seed, self._input_shape)
 
     def _history_so_far(self) -> History:
         """The history including the epoch whose end callbacks are running (Keras' CallbackList calls
@@ -537,13 +539,14 @@ class Trainer:
 
         The checkpoint's variables (paths, shapes, dtypes) must be this model's: those of the built
         trainer, else of ``model.init`` on one input of ``input_shape`` (default the model's own
-        ``input_shape``); an unbuilt trainer of a model without one is not checked.
+        ``input_shape``, else the one the checkpoint was trained on); only a checkpoint written before
+        minicnn recorded that, loaded into an unbuilt trainer of a model without one, is not checked.
         """
         if isinstance(directory, nn.Module):
             raise TypeError("Trainer.load(directory): got a model; pass the checkpoint's path")
         ckpt = checkpoint.load(directory)
         checkpoint.check_fingerprint(directory, ckpt["fingerprint"], fingerprint)
-        input_shape = input_shape or getattr(self.model, "input_shape", None)
+        input_shape = input_shape or getattr(self.model, "input_shape", None) or ckpt["input_shape"]
         if self.built:
             checkpoint.check_model(directory, ckpt["state"], self.state)
         elif input_shape is not None:
@@ -555,6 +558,7 @@ class Trainer:
         self.state["opt_state"] = self._placed(
             _copy(checkpoint.restore_opt_state(self.state["opt_state"], saved["opt_state"])))
         self.epoch, self.history, self._data_seed = ckpt["epoch"], ckpt["history"], ckpt["data_seed"]
+        self._input_shape = ckpt["input_shape"] or self._input_shape
         return self
 
     @classmethod

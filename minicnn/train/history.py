@@ -51,17 +51,20 @@ class History(Callback):
     def load(cls, path: str | os.PathLike) -> "History":
         return cls.from_json(Path(path).read_text())
 
-    def plot(self, path: str | os.PathLike | None = None, smooth: float | None = None, metric: str = "accuracy"):
+    def plot(self, path: str | os.PathLike | None = None, smooth: float | None = None, metric: str | None = None):
         """The lecture's two figures: training (dots ``'bo'``) and validation (line ``'b'``) ``metric``,
-        then the same for loss. ``smooth`` (e.g. 0.8) applies :func:`smooth_curve` first.
+        then the same for loss. ``smooth`` (e.g. 0.8) applies :func:`smooth_curve` first. ``metric``
+        None: the accuracy as it was logged, ``"acc"`` (``metrics=["acc"]``, the lecture's) or ``"accuracy"``.
 
-        With ``path`` (e.g. ``"history.png"``) saves ``<stem>_accuracy<ext>`` and ``<stem>_loss<ext>``
+        With ``path`` (e.g. ``"history.png"``) saves ``<stem>_<metric><ext>`` and ``<stem>_loss<ext>``
         and returns their paths; without, returns the two matplotlib figures. Figures are drawn
         with the Agg canvas, not pyplot, so no GUI backend or global figure state is involved.
         """
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
+        if metric is None:
+            metric = "acc" if "acc" in self.history else "accuracy"  # a missing one: the KeyError below names the keys
         figures, paths = [], []
         for key, label in ((metric, metric.capitalize()), ("loss", "Loss")):
             if key not in self.history:

@@ -54,7 +54,7 @@ def fit_both(km, trainer, x, y, **kwargs):
 
 
 def max_diff(ours: dict, theirs: dict) -> float:
-    assert list(ours) == list(theirs) or sorted(ours) == sorted(theirs), (sorted(ours), sorted(theirs))
+    assert sorted(ours) == sorted(theirs)
     return max(float(np.max(np.abs(np.asarray(ours[k]) - np.asarray(theirs[k])))) for k in theirs)
 
 
@@ -62,7 +62,7 @@ def test_acc_history_keys_and_values_are_keras():
     km, trainer = twins("binary_crossentropy", ["acc"])
     ours, theirs = fit_both(km, trainer, *data(), validation_data=data(seed=1))
     assert sorted(ours) == sorted(theirs) == ["acc", "loss", "val_acc", "val_loss"]
-    assert max_diff(ours, theirs) < 1e-5  # measured 6e-8
+    assert max_diff(ours, theirs) < 1e-5  # measured 0.0
 
 
 @pytest.mark.parametrize("monitor", ["val_acc", "val_loss"])
@@ -121,7 +121,7 @@ def test_evaluate_returns_what_keras_returns(metrics):
         assert isinstance(ours, float) and isinstance(theirs, float)
     else:
         assert isinstance(ours, list) and len(ours) == len(theirs) == 1 + len(metrics)
-    np.testing.assert_allclose(ours, theirs, atol=1e-5)  # measured 6e-8
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)  # measured 0.0
     their_dict = km.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
     our_dict = trainer.evaluate(x, y, batch_size=8, return_dict=True)
     assert list(our_dict) == list(their_dict)
@@ -159,7 +159,7 @@ def test_losses_by_name_match_keras(loss, units, activation, kind):
     km, trainer = twins(loss, None, units, activation)
     x, y = data(kind=kind, classes=units)
     ours, theirs = fit_both(km, trainer, x, y, validation_data=data(seed=1, kind=kind, classes=units))
-    assert max_diff(ours, theirs) < 1e-5
+    assert max_diff(ours, theirs) < 1e-5  # measured <= 2.4e-7 (categorical_hinge)
 
 
 @pytest.mark.parametrize("metrics, loss, units, activation, kind", [
@@ -172,7 +172,7 @@ def test_metrics_by_name_match_keras(metrics, loss, units, activation, kind):
     # batches of 5: the last one is short, so a mean of batch values (not Keras' streaming totals) would differ
     ours, theirs = fit_both(km, trainer, x, y, batch_size=5, validation_data=data(seed=1, kind=kind, classes=units))
     assert sorted(ours) == sorted(theirs)
-    assert max_diff(ours, theirs) < 1e-5
+    assert max_diff(ours, theirs) < 1e-5  # measured <= 1.2e-7 (val_AUC; same 200 thresholds, interpolation)
 
 
 @pytest.mark.parametrize("metric", ["acc", "accuracy"])

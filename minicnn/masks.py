@@ -4,7 +4,8 @@ A *mask* says which parameters train. It is one of
 
 - ``None``: everything trains;
 - a tree of bools over ``variables["params"]`` where a bool may stand for a whole subtree (a *prefix*
-  mask): ``{"vgg16": False, "dense": True, "dense_1": True}`` freezes the conv base;
+  mask): ``{"vgg16": False}`` freezes the conv base; a layer the mask does not mention trains, as every
+  Keras layer is trainable until set otherwise;
 - a predicate ``fn(path, leaf) -> bool`` on ``"vgg16/block5_conv1/kernel"``-style paths.
 
 Every consumer (:func:`minicnn.count_params`, :func:`minicnn.summary`, the ``Trainer``, :func:`freeze`)
@@ -48,9 +49,10 @@ def _is_bool(node) -> bool:
 def flat_mask(params, mask: Mask) -> dict[Path, bool]:
     """``{parameter path: trainable}`` for every leaf of ``params`` (arrays or shapes).
 
-    Raises ValueError naming the parameters the mask leaves without a label and the mask entries
-    that name no parameter; TypeError for a leaf that is not a bool (a ``jax.Array`` mask would be
-    traced under ``jit``: masks are static, use Python bools).
+    A parameter the mask does not reach trains (Keras' default). Raises ValueError naming the mask
+    entries that name no parameter (a misspelt layer would otherwise freeze nothing, silently); TypeError
+    for a leaf that is not a bool (a ``jax.Array`` mask would be traced under ``jit``: masks are static,
+    use Python bools).
     """
     leaves = traverse_util.flatten_dict(dict(params))
     if mask is None or _is_bool(mask):
@@ -60,13 +62,14 @@ def flat_mask(params, mask: Mask) -> dict[Path, bool]:
     if not isinstance(mask, Mapping):
         raise TypeError(f"a trainable mask is None, a bool, a dict of bools or a predicate; got "
                         f"{type(mask).__name__}")
-    out, missing, used = {}, [], set()
+    out, used = {}, set()
     for p in leaves:
         node, depth = mask, 0
         while isinstance(node, Mapping) and depth < len(p) and p[depth] in node:
             node, depth = node[p[depth]], depth + 1
         if isinstance(node, Mapping):
-            missing.append(path_str(p))
+            used.update(p[:d] for d in range(1, depth + 1))
+            out[p] = True
             continue
         if not _is_bool(node):
             raise TypeError(f"trainable mask leaves must be Python bools, got {type(node).__name__} at "
@@ -75,10 +78,9 @@ def flat_mask(params, mask: Mask) -> dict[Path, bool]:
         out[p] = bool(node)
     mask_paths = traverse_util.flatten_dict(dict(mask), keep_empty_nodes=True)
     extra = sorted(path_str(m) for m in mask_paths if m not in used)
-    problems = [f"{what} {names[:5]}{' ...' if len(names) > 5 else ''}" for what, names in
-                (("parameters without a label", missing), ("mask entries that are no parameter", extra)) if names]
-    if problems:
-        raise ValueError(f"trainable mask does not cover the params exactly: {'; '.join(problems)}")
+    if extra:
+        raise ValueError(f"trainable mask entries that are no parameter: {extra[:5]}{' ...' if len(extra) > 5 else ''}"
+                         f" (the parameters' layers: {sorted({path_str(p[:1]) for p in leaves})[:8]})")
     return out
 
 

@@ -184,8 +184,8 @@ def test_frozen_weights_cost_no_gradient_flops():
 
 def test_trainable_mask_errors_name_the_parameter():
     x, _ = data()
-    with pytest.raises(ValueError, match=r"parameters without a label \['dense/bias'\]"):
-        Trainer(tiny(), variables=None, trainable={"conv2d": True, "dense": {"kernel": True}}).build(x[:2])
+    with pytest.raises(ValueError, match=r"entries that are no parameter: \['dense/kernal'\]"):
+        Trainer(tiny(), variables=None, trainable={"conv2d": True, "dense": {"kernal": True}}).build(x[:2])
 
 
 def test_terminate_on_nan_keeps_last_good_checkpoint(tmp_path, capsys):

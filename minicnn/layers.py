@@ -389,6 +389,19 @@ class Sequential(nn.Module):
     input_shape: tuple[int, ...] | None = None
     trainable: bool = True
 
+    def add(self, layer):
+        """Keras' ``model.add`` mutates the model; a Flax module is an immutable description, so this
+        says how to build it instead of failing with Flax's attribute error."""
+        raise TypeError(f"Sequential.add({type(layer).__name__}(...)): a minicnn Sequential is immutable (a Flax "
+                        f"module), unlike Keras' which model.add changes; build it with every layer at once: "
+                        f"Sequential([*model.layers, layer]) or Sequential([...])")
+
+    def summary(self, *args, **kwargs):
+        """Keras' ``model.summary()`` reads the model's own weights; a Flax module holds none."""
+        raise TypeError("model.summary(): a minicnn model holds no variables (Keras' does), so the table is a "
+                        "function of the model and its input shape: minicnn.summary(model, input_shape=(H, W, C)) "
+                        "or minicnn.summary(model, variables=variables)")
+
     def __post_init__(self):
         if not isinstance(self.layers, _Opaque):
             object.__setattr__(self, "layers", _Opaque(tuple(self.layers)))

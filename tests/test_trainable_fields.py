@@ -84,3 +84,15 @@ def test_trainer_follows_the_fields_and_an_explicit_mask_replaces_them():
 
     assert moved(Trainer(model)) == {"dense": False, "dense_1": True}
     assert moved(Trainer(model, trainable=True)) == {"dense": True, "dense_1": True}
+
+
+def test_keras_model_methods_that_cannot_exist_say_what_to_do():
+    """Keras' model.add / model.summary() on a minicnn Sequential: one clear error naming the minicnn way
+    (before: Flax's AttributeError with a misleading .setup() hint)."""
+    from minicnn.layers import Dense, Sequential
+
+    model = Sequential([Dense(2)])
+    with pytest.raises(TypeError, match=r"immutable .* Sequential\(\[\*model.layers, layer\]\)"):
+        model.add(Dense(1))
+    with pytest.raises(TypeError, match=r"minicnn.summary\(model, input_shape=\(H, W, C\)\)"):
+        model.summary()

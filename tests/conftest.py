@@ -13,3 +13,16 @@ def pytest_sessionfinish(session, exitstatus):
     if skipped and session.exitstatus == 0:
         print(f"\nMINICNN_REQUIRE_NO_SKIPS: {skipped} test(s) skipped; CI installs every peer, so none may skip")
         session.exitstatus = 1
+
+
+# The slowest modules (seconds measured on the 2-core VM, `--durations`), scheduled first: pytest-xdist's
+# `--dist loadfile` hands out whole files in collection order, so a slow file collected last would run
+# alone at the end while the other worker idles (longest-processing-time-first scheduling).
+SLOWEST_FIRST = ("test_models_resnet_xception", "test_cli", "test_demo", "test_models_inception", "test_viz_gradcam",
+                 "test_docs", "test_models_mobilenet", "test_conv_algorithms", "test_nnx", "test_weights_keras",
+                 "test_transfer_recipes", "test_train_parity", "test_keras_parity", "test_efficientnet")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: file order kept within a file

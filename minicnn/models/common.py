@@ -1,8 +1,13 @@
-"""Argument and input checks shared by the Keras-application-style models (VGG, EfficientNet)."""
+"""The Keras application arguments and checks every pretrained-style model shares (VGG, ResNet50, Xception,
+InceptionV3, MobileNet, MobileNetV2, EfficientNet-Lite0)."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import ClassVar
+
+import flax.linen as nn
 
 from minicnn import ops
 
@@ -42,3 +47,51 @@ def warn_if_random(model) -> None:
                       f"architecture only (Keras' model would come with its weights). Load them with "
                       f"minicnn.init(model, key, x) or minicnn.pretrained({model.arch!r})", UserWarning,
                       stacklevel=2)
+
+
+class KerasApplication(nn.Module):
+    """Keras' ``keras.applications`` arguments, as fields (abstract: the models subclass it).
+
+    include_top, weights (None, ``"imagenet"``, a registered name or a file: the variables ``minicnn.init``
+    loads; ``init`` itself is architecture only), input_shape, pooling (None/"avg"/"max"), classes,
+    classifier_activation, and ``trainable`` (Keras' ``model.trainable``: False freezes every layer inside).
+    ``arch`` names the registry row and, as ``keras_model_name``, the model's path inside a Sequential.
+    """
+    arch: ClassVar[str]
+
+    include_top: bool = True
+    weights: str | None = None
+    input_shape: tuple[int, int, int] | None = None
+    pooling: str | None = None
+    classes: int = 1000
+    classifier_activation: str | Callable | None = "softmax"
+    trainable: bool = True
+
+    @property
+    def keras_model_name(self) -> str:
+        """The name Keras gives the model (hence its path inside a Sequential)."""
+        return self.arch
+
+    def __post_init__(self):
+        check_arguments(self)
+        self.check_model_arguments()
+        super().__post_init__()
+
+    def check_model_arguments(self) -> None:
+        """The model's own constructor checks, after the shared ones (``input_shape`` is then ints)."""
+
+    def check_imagenet_input_shape(self, size: int) -> None:
+        """Keras' rule: ``weights="imagenet"`` with the top needs the ImageNet input (size, size, 3)."""
+        if self.weights == "imagenet" and self.include_top and self.input_shape not in (None, (size, size, 3)):
+            raise ValueError(f'weights="imagenet" with include_top=True needs input_shape ({size}, {size}, 3), '
+                             f"got {self.input_shape}")
+
+    def check_imagenet_input(self, x, size: int) -> None:
+        """The same rule on the input ``x`` (N, H, W, C) when no ``input_shape`` was declared."""
+        if self.include_top and self.weights == "imagenet" and tuple(x.shape[1:3]) != (size, size):
+            raise ValueError(f'{self.arch} with include_top=True and weights="imagenet" needs {size}x{size} input, '
+                             f"got shape {tuple(x.shape)}; use include_top=False for other sizes")
+
+    def input_channels(self) -> int:
+        """3 for pretrained weights (RGB) or an undeclared shape, else the declared channels."""
+        return 3 if self.weights is not None or self.input_shape is None else self.input_shape[-1]

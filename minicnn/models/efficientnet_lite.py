@@ -8,7 +8,6 @@ TensorFlow's "same" (the extra pixel after the image), as the ImageNet weights w
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from string import ascii_lowercase
 
 import flax.linen as nn
@@ -24,7 +23,7 @@ from minicnn.layers import (
     GlobalAveragePooling2D,
     GlobalMaxPooling2D,
 )
-from minicnn.models.common import check_arguments, check_images, warn_if_random
+from minicnn.models.common import KerasApplication, check_images, warn_if_random
 
 # Stages of efficientnet_lite_builder.py: (expand_ratio, kernel_size, strides, filters_in,
 # filters_out, repeats). The first block of a stage strides and changes width, the rest repeat.
@@ -68,7 +67,7 @@ def _mbconv(module, x, prefix, expand_ratio, kernel_size, strides, filters_out,
     return x + inputs
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite0(KerasApplication):
     """EfficientNet-Lite0 with Keras' application arguments (4,652,008 trainable parameters with the top).
 
     x: (N, H, W, 3) float32 with H, W >= 32, preprocessed as the weights expect
@@ -78,21 +77,11 @@ class EfficientNetLite0(nn.Module):
     variables :func:`minicnn.init` (or :func:`minicnn.pretrained`) loads for it; ``model.init`` is
     architecture only.
     """
-    include_top: bool = True
-    weights: str | None = None
-    input_shape: tuple[int, int, int] | None = None
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | Callable | None = "softmax"
     dropout_rate: float = 0.2
     drop_connect_rate: float = 0.2
-    trainable: bool = True  # Keras' model.trainable: False freezes every layer inside
 
     arch = "efficientnet_lite0"
-
-    def __post_init__(self):
-        check_arguments(self)
-        super().__post_init__()
+    keras_model_name = "efficient_net_lite0"  # no Keras model of this name: minicnn's own (its class name)
 
     def _check(self, x):
         check_images(self, x)

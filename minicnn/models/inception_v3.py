@@ -35,7 +35,7 @@ from minicnn.layers import (
     MaxPooling2D,
     keras_name,
 )
-from minicnn.models.common import check_arguments, check_images, warn_if_random
+from minicnn.models.common import KerasApplication, check_images, warn_if_random
 
 __all__ = ["InceptionV3", "Node", "inception_v3_graph", "keras_order", "MIN_SIZE", "DEFAULT_SIZE"]
 
@@ -171,7 +171,7 @@ def keras_order(nodes: Sequence[Node], output: str) -> list[Node]:
     return [by_name[n] for n in sorted(by_name, key=lambda n: (-depth[n], first_seen[n]))]
 
 
-class InceptionV3(nn.Module):
+class InceptionV3(KerasApplication):
     """Keras' ``keras.applications.InceptionV3``: 23,851,784 parameters with the top (23,817,352
     trainable), 21,802,784 without.
 
@@ -183,33 +183,17 @@ class InceptionV3(nn.Module):
     for it; ``model.init`` is architecture only. Layer names and ``model.layers`` order are those
     of a fresh Keras 3 session (see the module docstring).
     """
-    include_top: bool = True
-    weights: str | None = None
-    input_shape: tuple[int, int, int] | None = None
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | Callable | None = "softmax"
-    trainable: bool = True  # Keras' model.trainable: False freezes every layer inside
-
     arch = "inception_v3"
-    keras_model_name = arch  # the name Keras gives the model, hence its path inside a Sequential
 
-    def __post_init__(self):
-        check_arguments(self)
+    def check_model_arguments(self):
         if self.input_shape is not None:
             _check_size(self.input_shape[:2], f"input_shape={self.input_shape}")
-            if self.weights == "imagenet" and self.include_top and self.input_shape != (DEFAULT_SIZE, DEFAULT_SIZE, 3):
-                raise ValueError(f'weights="imagenet" with include_top=True needs input_shape '
-                                 f"({DEFAULT_SIZE}, {DEFAULT_SIZE}, 3), got {self.input_shape}")
-        super().__post_init__()
+        self.check_imagenet_input_shape(DEFAULT_SIZE)
 
     def _check(self, x):
-        check_images(self, x, 3 if self.weights is not None or self.input_shape is None else self.input_shape[-1])
+        check_images(self, x, self.input_channels())
         _check_size(x.shape[1:3], f"got shape {tuple(x.shape)}")
-        if self.include_top and self.weights == "imagenet" and tuple(x.shape[1:3]) != (DEFAULT_SIZE, DEFAULT_SIZE):
-            raise ValueError(f'inception_v3 with include_top=True and weights="imagenet" needs '
-                             f"{DEFAULT_SIZE}x{DEFAULT_SIZE} input, got shape {tuple(x.shape)}; "
-                             f"use include_top=False for other sizes")
+        self.check_imagenet_input(x, DEFAULT_SIZE)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -10,7 +10,6 @@ V2), the width multiplier ``alpha`` with Keras' channel rounding, and the argume
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import ClassVar
 
 import flax.linen as nn
@@ -29,12 +28,7 @@ from minicnn.layers import (
     Reshape,
     ZeroPadding2D,
 )
-from minicnn.models.common import (
-    MIN_SIZE,
-    check_arguments,
-    check_images,
-    warn_if_random,
-)
+from minicnn.models.common import MIN_SIZE, KerasApplication, check_images, warn_if_random
 
 # MobileNet's depthwise-separable blocks after the stem: (pointwise filters at alpha 1, strides).
 MOBILENET_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -61,20 +55,13 @@ def keras_weights_file(arch: str, alpha: float, rows: int, include_top: bool) ->
     return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}{'' if include_top else '_no_top'}.h5"
 
 
-class _MobileNetFamily(nn.Module):
+class _MobileNetFamily(KerasApplication):
     """Keras' application arguments and checks shared by :class:`MobileNet` and :class:`MobileNetV2`."""
     arch: ClassVar[str]
     alphas: ClassVar[tuple[float, ...]]  # the widths Keras has ImageNet weights for
     sizes: ClassVar[tuple[int, ...]]     # the square input sides Keras has ImageNet weights for
 
-    include_top: bool = True
-    weights: str | None = None
-    input_shape: tuple[int, int, int] | None = None
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | Callable | None = "softmax"
     alpha: float = 1.0
-    trainable: bool = True  # Keras' model.trainable: False freezes every layer inside
 
     @property
     def keras_model_name(self) -> str:
@@ -82,14 +69,12 @@ class _MobileNetFamily(nn.Module):
         rows = self.input_shape[0] if self.input_shape else 224
         return f"{self.keras_prefix}_{self.alpha:0.2f}_{rows}"
 
-    def __post_init__(self):
-        check_arguments(self)
+    def check_model_arguments(self):
         shape = self.input_shape
         if shape is not None and min(shape[:2]) < MIN_SIZE:
             raise ValueError(f"{self.arch}: input size must be at least {MIN_SIZE}x{MIN_SIZE}, got input_shape={shape}")
         if self.weights == "imagenet":
             self._check_imagenet(shape)
-        super().__post_init__()
 
     def _check_imagenet(self, shape):
         """Keras' rules for ``weights="imagenet"``, and the sets minicnn has registered."""

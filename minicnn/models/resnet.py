@@ -6,7 +6,6 @@ Layer names, call order and batch-norm settings are Keras' (``keras/src/applicat
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import flax.linen as nn
 
@@ -21,7 +20,7 @@ from minicnn.layers import (
     MaxPooling2D,
     ZeroPadding2D,
 )
-from minicnn.models.common import check_arguments, check_images, warn_if_random
+from minicnn.models.common import KerasApplication, check_images, warn_if_random
 
 # (stage name, bottleneck filters, blocks, stride of the first block): ResNet50's stack_fn.
 RESNET50_STAGES = (("conv2", 64, 3, 1), ("conv3", 128, 4, 2), ("conv4", 256, 6, 2), ("conv5", 512, 3, 2))
@@ -53,7 +52,7 @@ def _residual_block(x, filters: int, stride: int, conv_shortcut: bool, name: str
     return Activation("relu", name=f"{name}_out")(Add(name=f"{name}_add")([shortcut, y]))
 
 
-class ResNet50(nn.Module):
+class ResNet50(KerasApplication):
     """Keras' ``keras.applications.ResNet50``: 25,636,712 parameters with the top, 23,587,712 without.
 
     x: (N, H, W, 3) float32 with H, W >= 32, preprocessed as the weights expect
@@ -63,29 +62,14 @@ class ResNet50(nn.Module):
     layout: the variables :func:`minicnn.init` (or :func:`minicnn.pretrained`) loads; ``model.init``
     is architecture only.
     """
-    include_top: bool = True
-    weights: str | None = None
-    input_shape: tuple[int, int, int] | None = None
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | Callable | None = "softmax"
-    trainable: bool = True  # Keras' model.trainable: False freezes every layer inside
-
     arch = "resnet50"
-    keras_model_name = arch  # the name Keras gives the model, hence its path inside a Sequential
 
-    def __post_init__(self):
-        check_arguments(self)
-        if self.weights == "imagenet" and self.include_top and self.input_shape not in (None, (224, 224, 3)):
-            raise ValueError(f'weights="imagenet" with include_top=True needs input_shape (224, 224, 3), '
-                             f"got {self.input_shape}")
-        super().__post_init__()
+    def check_model_arguments(self):
+        self.check_imagenet_input_shape(DEFAULT_SIZE)
 
     def _check(self, x):
-        check_images(self, x, 3 if self.weights is not None or self.input_shape is None else self.input_shape[-1])
-        if self.include_top and self.weights == "imagenet" and tuple(x.shape[1:3]) != (DEFAULT_SIZE,) * 2:
-            raise ValueError(f'{self.arch} with include_top=True and weights="imagenet" needs 224x224 input, '
-                             f"got shape {tuple(x.shape)}; use include_top=False for other sizes")
+        check_images(self, x, self.input_channels())
+        self.check_imagenet_input(x, DEFAULT_SIZE)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
 
 import flax.linen as nn
@@ -15,7 +14,7 @@ from minicnn.layers import (
     GlobalMaxPooling2D,
     MaxPooling2D,
 )
-from minicnn.models.common import check_arguments, check_images, warn_if_random
+from minicnn.models.common import KerasApplication, check_images, warn_if_random
 
 # Convolutions per block; every block's convs have the same width, then a 2x2 max pool.
 VGG16_BLOCKS = (2, 2, 3, 3, 3)
@@ -23,7 +22,7 @@ VGG19_BLOCKS = (2, 2, 4, 4, 4)
 WIDTHS = (64, 128, 256, 512, 512)
 
 
-class VGG(nn.Module):
+class VGG(KerasApplication):
     """The VGG family as Keras builds it (abstract: use :class:`VGG16` or :class:`VGG19`).
 
     x: (N, H, W, 3) float32, already preprocessed (``minicnn.weights.preprocess_input(x, "caffe")``
@@ -31,28 +30,13 @@ class VGG(nn.Module):
     or (N, 512) with ``pooling``.
     """
     blocks: ClassVar[tuple[int, ...]]
-    arch: ClassVar[str]
 
-    include_top: bool = True
-    weights: str | None = None
-    input_shape: tuple[int, int, int] | None = None
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | Callable | None = "softmax"
-    trainable: bool = True  # Keras' model.trainable: False freezes every layer inside
-
-    def __post_init__(self):
-        check_arguments(self)
-        if self.weights == "imagenet" and self.include_top and self.input_shape not in (None, (224, 224, 3)):
-            raise ValueError(f'weights="imagenet" with include_top=True needs input_shape (224, 224, 3), '
-                             f"got {self.input_shape}")
-        super().__post_init__()
+    def check_model_arguments(self):
+        self.check_imagenet_input_shape(224)
 
     def _check(self, x):
-        check_images(self, x, 3 if self.weights is not None or self.input_shape is None else self.input_shape[-1])
-        if self.include_top and self.weights == "imagenet" and tuple(x.shape[1:3]) != (224, 224):
-            raise ValueError(f'{self.arch} with include_top=True and weights="imagenet" needs 224x224 input, '
-                             f"got shape {tuple(x.shape)}; use include_top=False for other sizes")
+        check_images(self, x, self.input_channels())
+        self.check_imagenet_input(x, 224)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

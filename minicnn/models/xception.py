@@ -8,7 +8,6 @@ names a fresh Keras session gives (``conv2d``, ``conv2d_1``, ``batch_normalizati
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import flax.linen as nn
 
@@ -23,7 +22,7 @@ from minicnn.layers import (
     MaxPooling2D,
     SeparableConv2D,
 )
-from minicnn.models.common import check_arguments, check_images, warn_if_random
+from minicnn.models.common import KerasApplication, check_images, warn_if_random
 
 MIN_SIZE = 71  # Keras' minimum: smaller inputs vanish before block14
 DEFAULT_SIZE = 299
@@ -72,7 +71,7 @@ def _middle_block(x, block: int, k: int, train: bool):
     return Add(name=_auto("add", k))([x, inputs])
 
 
-class Xception(nn.Module):
+class Xception(KerasApplication):
     """Keras' ``keras.applications.Xception``: 22,910,480 parameters with the top, 20,861,480 without.
 
     x: (N, H, W, 3) float32 with H, W >= 71, preprocessed as the weights expect
@@ -82,35 +81,20 @@ class Xception(nn.Module):
     layout: the variables :func:`minicnn.init` (or :func:`minicnn.pretrained`) loads; ``model.init``
     is architecture only.
     """
-    include_top: bool = True
-    weights: str | None = None
-    input_shape: tuple[int, int, int] | None = None
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | Callable | None = "softmax"
-    trainable: bool = True  # Keras' model.trainable: False freezes every layer inside
-
     arch = "xception"
-    keras_model_name = arch  # the name Keras gives the model, hence its path inside a Sequential
 
-    def __post_init__(self):
-        check_arguments(self)
+    def check_model_arguments(self):
         if self.input_shape is not None and min(self.input_shape[:2]) < MIN_SIZE:
             raise ValueError(f"Xception input_shape: height and width must be at least {MIN_SIZE}, "
                              f"got {self.input_shape}")
-        if self.weights == "imagenet" and self.include_top and self.input_shape not in (None, (299, 299, 3)):
-            raise ValueError(f'weights="imagenet" with include_top=True needs input_shape (299, 299, 3), '
-                             f"got {self.input_shape}")
-        super().__post_init__()
+        self.check_imagenet_input_shape(DEFAULT_SIZE)
 
     def _check(self, x):
-        check_images(self, x, 3 if self.weights is not None or self.input_shape is None else self.input_shape[-1])
+        check_images(self, x, self.input_channels())
         if min(x.shape[1:3]) < MIN_SIZE:
             raise ValueError(f"{self.arch} input: height and width must be at least {MIN_SIZE}, "
                              f"got shape {tuple(x.shape)}")
-        if self.include_top and self.weights == "imagenet" and tuple(x.shape[1:3]) != (DEFAULT_SIZE,) * 2:
-            raise ValueError(f'{self.arch} with include_top=True and weights="imagenet" needs 299x299 input, '
-                             f"got shape {tuple(x.shape)}; use include_top=False for other sizes")
+        self.check_imagenet_input(x, DEFAULT_SIZE)
 
     @nn.compact
     def __call__(self, x, train: bool = False):

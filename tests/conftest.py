@@ -6,7 +6,8 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 # One XLA compilation cache for the whole run: the xdist workers and the CLI/demo subprocesses (which
 # inherit the environment) compile the same programs (EfficientNet-Lite0, VGG16, the train steps) once.
 # A new directory per run, so nothing carries over between runs.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="minicnn-pytest-xla-"))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller makes it; workers inherit it
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="minicnn-pytest-xla-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 

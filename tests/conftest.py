@@ -1,14 +1,7 @@
 import os
-import tempfile
 
 # Keras parity tests run Keras 3 on the JAX backend; it must be chosen before keras is imported.
 os.environ.setdefault("KERAS_BACKEND", "jax")
-# One XLA compilation cache for the whole run: the xdist workers and the CLI/demo subprocesses (which
-# inherit the environment) compile the same programs (EfficientNet-Lite0, VGG16, the train steps) once.
-# A new directory per run, so nothing carries over between runs.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller makes it; workers inherit it
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="minicnn-pytest-xla-")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
 def pytest_sessionfinish(session, exitstatus):

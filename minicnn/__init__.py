@@ -11,7 +11,7 @@ from minicnn.summary import count_params, summary
 
 from minicnn.version import __version__
 __all__ = ["__version__", "layers", "ops", "models", "masks", "inspector", "data", "augment", "weights", "train", "transfer",
-           "viz", "parallel", "count_params", "summary", "pretrained", "init", "load_model"]
+           "viz", "parallel", "nnx", "count_params", "summary", "pretrained", "init", "load_model"]
 
 _FUNCTIONS = {"pretrained": "minicnn.weights.pretrained", "init": "minicnn.weights.pretrained",
               "load_model": "minicnn.train.trainer"}

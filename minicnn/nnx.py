@@ -45,7 +45,8 @@ def to_nnx(model: nn.Module, variables: Mapping, seed: int = 0) -> bridge.ToNNX:
     example = _example_input(model, shapes)
     with warnings.catch_warnings():  # "init gives random weights": they are replaced right below
         warnings.simplefilter("ignore", UserWarning)
-        bridge.lazy_init(module, example, train=False)
+        # jitted: an eager init dispatches op by op (EfficientNet-Lite0: 7.6 s instead of 20.7 s)
+        nnx.jit(lambda m, x: bridge.lazy_init(m, x, train=False))(module, example)
     _assign(module, variables)
     return module
 

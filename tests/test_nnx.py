@@ -32,7 +32,7 @@ Y = np.array([0, 1, 1, 0], np.float32)
 def test_the_nnx_module_computes_what_the_linen_model_does():
     model, variables = model_and_variables()
     module = to_nnx(model, variables)
-    assert isinstance(module, nnx.Module)
+    assert isinstance(module, nnx.Module) and minicnn.nnx.to_nnx is to_nnx  # reachable from `import minicnn`
     np.testing.assert_array_equal(module(X, train=False), model.apply(variables, X))
     back_model, back = as_linen(module)
     assert back_model is model

@@ -203,3 +203,9 @@ def test_a_mask_that_invents_layers_is_the_same_error_everywhere(bad):
             call()
         messages.add(str(e.value))
     assert len(messages) == 1
+
+
+def test_every_name_the_package_exports_resolves():
+    """`import minicnn` then `minicnn.<name>` works for every name in __all__ (subpackages load lazily)."""
+    missing = [name for name in minicnn.__all__ if not hasattr(minicnn, name)]
+    assert missing == []

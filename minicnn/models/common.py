@@ -10,6 +10,7 @@ from typing import ClassVar
 import flax.linen as nn
 
 from minicnn import ops
+from minicnn.layers import GlobalAveragePooling2D, GlobalMaxPooling2D
 
 MIN_SIZE = 32  # five stride-2 stages: smaller inputs vanish before the last block
 
@@ -58,6 +59,8 @@ class KerasApplication(nn.Module):
     ``arch`` names the registry row and, as ``keras_model_name``, the model's path inside a Sequential.
     """
     arch: ClassVar[str]
+    # Keras' names of the global pooling layers ``pooling`` adds without the top (each application its own)
+    pooling_names: ClassVar[tuple[str, str]] = ("global_average_pooling2d", "global_max_pooling2d")
 
     include_top: bool = True
     weights: str | None = None
@@ -91,6 +94,15 @@ class KerasApplication(nn.Module):
         if self.include_top and self.weights == "imagenet" and tuple(x.shape[1:3]) != (size, size):
             raise ValueError(f'{self.arch} with include_top=True and weights="imagenet" needs {size}x{size} input, '
                              f"got shape {tuple(x.shape)}; use include_top=False for other sizes")
+
+    def pool(self, x):
+        """x: (N, H, W, C) -> (N, C) by the global pooling ``pooling`` asks for ("avg"/"max"), else x as it is;
+        call from ``__call__`` when ``include_top`` is False."""
+        if self.pooling == "avg":
+            return GlobalAveragePooling2D(name=self.pooling_names[0])(x)
+        if self.pooling == "max":
+            return GlobalMaxPooling2D(name=self.pooling_names[1])(x)
+        return x
 
     def input_channels(self) -> int:
         """3 for pretrained weights (RGB) or an undeclared shape, else the declared channels."""

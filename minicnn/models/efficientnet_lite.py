@@ -21,7 +21,6 @@ from minicnn.layers import (
     DepthwiseConv2D,
     Dropout,
     GlobalAveragePooling2D,
-    GlobalMaxPooling2D,
 )
 from minicnn.models.common import KerasApplication, check_images, warn_if_random
 
@@ -81,6 +80,7 @@ class EfficientNetLite0(KerasApplication):
     drop_connect_rate: float = 0.2
 
     arch = "efficientnet_lite0"
+    pooling_names = ("avg_pool", "max_pool")
     keras_model_name = "efficient_net_lite0"  # no Keras model of this name: minicnn's own (its class name)
 
     def _check(self, x):
@@ -105,8 +105,5 @@ class EfficientNetLite0(KerasApplication):
             x = GlobalAveragePooling2D(name="avg_pool")(x)
             x = Dropout(self.dropout_rate, name="top_dropout")(x, train=train)
             x = Dense(self.classes, activation=self.classifier_activation, name="predictions")(x)
-        elif self.pooling == "avg":
-            x = GlobalAveragePooling2D(name="avg_pool")(x)
-        elif self.pooling == "max":
-            x = GlobalMaxPooling2D(name="max_pool")(x)
-        return x
+            return x
+        return self.pool(x)

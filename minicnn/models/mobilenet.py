@@ -23,7 +23,6 @@ from minicnn.layers import (
     DepthwiseConv2D,
     Dropout,
     GlobalAveragePooling2D,
-    GlobalMaxPooling2D,
     ReLU,
     Reshape,
     ZeroPadding2D,
@@ -96,13 +95,6 @@ class _MobileNetFamily(KerasApplication):
             warnings.warn(f"{self.arch}: Keras would load {wanted} (trained at {rows}x{rows}) for input_shape="
                           f"{shape}; minicnn has only {registered} and uses it", UserWarning, stacklevel=3)
 
-    def _top(self, x):
-        """The global pooling of ``pooling`` when ``include_top`` is False."""
-        if self.pooling == "avg":
-            return GlobalAveragePooling2D(name="global_average_pooling2d")(x)
-        if self.pooling == "max":
-            return GlobalMaxPooling2D(name="global_max_pooling2d")(x)
-        return x
 
 
 def _relu6(name: str) -> ReLU:
@@ -151,7 +143,7 @@ class MobileNet(_MobileNetFamily):
             x = BatchNormalization(name=f"conv_pw_{block_id}_bn")(x, train=train)
             x = _relu6(f"conv_pw_{block_id}_relu")(x)
         if not self.include_top:
-            return self._top(x)
+            return self.pool(x)
         x = GlobalAveragePooling2D(keepdims=True, name="global_average_pooling2d")(x)
         x = Dropout(self.dropout, name="dropout")(x, train=train)
         x = Conv2D(self.classes, 1, padding="same", name="conv_preds")(x)
@@ -210,6 +202,6 @@ class MobileNetV2(_MobileNetFamily):
         x = Conv2D(last, 1, use_bias=False, name="Conv_1")(x)
         x = _relu6("out_relu")(_bn_v2("Conv_1_bn")(x, train=train))
         if not self.include_top:
-            return self._top(x)
+            return self.pool(x)
         x = GlobalAveragePooling2D(name="global_average_pooling2d")(x)
         return Dense(self.classes, activation=self.classifier_activation, name="predictions")(x)

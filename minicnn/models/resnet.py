@@ -16,7 +16,6 @@ from minicnn.layers import (
     Conv2D,
     Dense,
     GlobalAveragePooling2D,
-    GlobalMaxPooling2D,
     MaxPooling2D,
     ZeroPadding2D,
 )
@@ -63,6 +62,7 @@ class ResNet50(KerasApplication):
     is architecture only.
     """
     arch = "resnet50"
+    pooling_names = ("avg_pool", "max_pool")
 
     def check_model_arguments(self):
         self.check_imagenet_input_shape(DEFAULT_SIZE)
@@ -86,8 +86,5 @@ class ResNet50(KerasApplication):
         if self.include_top:
             x = GlobalAveragePooling2D(name="avg_pool")(x)
             x = Dense(self.classes, activation=self.classifier_activation, name="predictions")(x)
-        elif self.pooling == "avg":
-            x = GlobalAveragePooling2D(name="avg_pool")(x)
-        elif self.pooling == "max":
-            x = GlobalMaxPooling2D(name="max_pool")(x)
-        return x
+            return x
+        return self.pool(x)

@@ -10,8 +10,6 @@ from minicnn.layers import (
     Conv2D,
     Dense,
     Flatten,
-    GlobalAveragePooling2D,
-    GlobalMaxPooling2D,
     MaxPooling2D,
 )
 from minicnn.models.common import KerasApplication, check_images, warn_if_random
@@ -52,11 +50,8 @@ class VGG(KerasApplication):
             for name, units, act in (("fc1", 4096, "relu"), ("fc2", 4096, "relu"),
                                      ("predictions", self.classes, self.classifier_activation)):
                 x = Dense(units, activation=act, name=name)(x)
-        elif self.pooling == "avg":
-            x = GlobalAveragePooling2D(name="global_average_pooling2d")(x)
-        elif self.pooling == "max":
-            x = GlobalMaxPooling2D(name="global_max_pooling2d")(x)
-        return x
+            return x
+        return self.pool(x)
 
 
 class VGG16(VGG):

@@ -18,7 +18,6 @@ from minicnn.layers import (
     Conv2D,
     Dense,
     GlobalAveragePooling2D,
-    GlobalMaxPooling2D,
     MaxPooling2D,
     SeparableConv2D,
 )
@@ -115,8 +114,5 @@ class Xception(KerasApplication):
         if self.include_top:
             x = GlobalAveragePooling2D(name="avg_pool")(x)
             x = Dense(self.classes, activation=self.classifier_activation, name="predictions")(x)
-        elif self.pooling == "avg":
-            x = GlobalAveragePooling2D(name="global_average_pooling2d")(x)
-        elif self.pooling == "max":
-            x = GlobalMaxPooling2D(name="global_max_pooling2d")(x)
-        return x
+            return x
+        return self.pool(x)

@@ -19,8 +19,11 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import jax
 import numpy as np
+from flax import traverse_util
 
+from minicnn.train import tracking
 from minicnn.train.metrics import direction
 
 __all__ = ["Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler",
@@ -45,12 +48,22 @@ class Callback:
     def on_batch_end(self, batch, logs=None): ...
 
 
+def _writes(callback: Callback) -> bool:
+    """Whether ``callback`` writes files or prints progress (only process 0 of a multi-process run does)."""
+    return isinstance(callback, (ModelCheckpoint, CSVLogger, TensorBoard, ProgbarLogger))
+
+
 class CallbackList(Callback):
-    """Calls each hook on every callback, in order."""
+    """Calls each hook on every callback, in order.
+
+    In a multi-process run (``jax.distributed``) the callbacks that write files or print progress
+    (``ModelCheckpoint``, ``CSVLogger``, ``TensorBoard``, ``ProgbarLogger``) run on process 0 only; every
+    other callback runs on every process, so all processes take the same decisions (stop, learning rate).
+    """
 
     def __init__(self, callbacks: Sequence[Callback] = ()):
         super().__init__()
-        self.callbacks = list(callbacks)
+        self.callbacks = [c for c in callbacks if jax.process_index() == 0 or not _writes(c)]
 
     def set_trainer(self, trainer):
         for c in self.callbacks:
@@ -154,13 +167,35 @@ class ModelCheckpoint(_Monitor):
 
     ``save_best_only`` saves only when ``monitor`` improves. A non-finite ``loss`` is never saved,
     so the last good checkpoint survives a divergence.
+
+    Not in Keras: ``max_to_keep`` (keep the latest N) and/or ``keep_best`` (keep the k best by
+    ``monitor``/``mode``) make ``filepath`` a directory of numbered steps (step = epoch, 1-based) kept
+    by orbax's CheckpointManager (:class:`minicnn.train.checkpoint.Manager`; orbax's names); it then
+    takes no ``{...}`` fields. ``async_save`` (default) writes in the background while training goes
+    on, from a copy taken at the save; the next save and the end of training wait for it. Load a step
+    with ``minicnn.load_model(filepath)`` (latest), ``step=`` or ``best=True``.
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, mode="auto",
-                 initial_value_threshold=None):
+                 initial_value_threshold=None, max_to_keep=None, keep_best=None, async_save=True):
         super().__init__(monitor, mode, 0.0)
         self.filepath, self.verbose, self.save_best_only = str(filepath), verbose, save_best_only
         self.best = initial_value_threshold
+        self.max_to_keep, self.keep_best, self.async_save, self.manager = max_to_keep, keep_best, async_save, None
+        if (max_to_keep is not None or keep_best is not None) and "{" in self.filepath:
+            raise ValueError(f"ModelCheckpoint({self.filepath!r}, max_to_keep=, keep_best=): the path is the "
+                             f"directory of numbered steps (one per epoch) and takes no {{...}} fields")
+
+    def on_train_begin(self, logs=None):
+        if self.max_to_keep is not None or self.keep_best is not None:
+            from minicnn.train.checkpoint import Manager
+            self.manager = Manager(self.filepath, max_to_keep=self.max_to_keep, keep_best=self.keep_best,
+                                   monitor=self.monitor, mode=self.mode, async_save=self.async_save)
+
+    def on_train_end(self, logs=None):
+        if self.manager is not None:
+            self.manager.close()
+            self.manager = None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -172,6 +207,8 @@ class ModelCheckpoint(_Monitor):
         if not math.isfinite(logs.get("loss", 0.0)):
             warnings.warn(f"Epoch {epoch + 1}: loss is {logs['loss']}; not saving {path}", stacklevel=2)
             return
+        if self.keep_best is not None:
+            self._current(logs)  # the metric steps are ranked by: missing is an error
         if self.save_best_only:
             current = self._current(logs)
             if not self._is_improvement(current, self.best):
@@ -184,7 +221,7 @@ class ModelCheckpoint(_Monitor):
             self.best = current
         elif self.verbose:
             print(f"\nEpoch {epoch + 1}: saving model to {path}")
-        self.trainer.save(path)
+        self.trainer.save(self.manager or path)
 
 
 class LearningRateScheduler(Callback):
@@ -278,33 +315,113 @@ class CSVLogger(Callback):
 
 
 class TensorBoard(Callback):
-    """Write every epoch-end scalar to TensorBoard event files with tensorboardX (no TensorFlow):
-    ``log_dir/train`` gets ``epoch_loss``, ``epoch_accuracy``, ``epoch_learning_rate``; ``log_dir/validation``
-    the ``val_*`` ones under the same tags, so TensorBoard overlays them as Keras' callback does."""
+    """Keras' ``TensorBoard`` callback without TensorFlow: records go through a
+    :class:`~minicnn.train.tracking.Tracker`, by default a :class:`~minicnn.train.tracking.TensorBoardTracker`
+    writing tensorboardX event files under ``log_dir`` (runs ``train``, ``validation``), with Keras' tags:
 
-    def __init__(self, log_dir="logs"):
+    - each epoch: ``train/epoch_<name>`` for the training logs, ``epoch_learning_rate`` (the trainer's rate at
+      the epoch's end) and, with ``write_steps_per_second``, ``epoch_steps_per_second``; ``validation/epoch_<name>``
+      for the ``val_`` logs (the same tags, so TensorBoard overlays them) and
+      ``validation/evaluation_<name>_vs_iterations`` at the optimizer step;
+    - ``update_freq="batch"`` or n: each n-th batch of the fit (counted from 1 over all its epochs, step = that
+      count) writes ``train/batch_<name>`` (the epoch's running means, as Keras logs them),
+      ``batch_learning_rate`` and, with ``write_steps_per_second``, ``batch_steps_per_second``;
+    - ``histogram_freq`` n > 0: each epoch with ``epoch % n == 0`` writes ``train/<layer>/<variable>/histogram``
+      for every parameter and batch statistic, and with ``write_images`` the weights Keras shows as images
+      (``.../image``, :func:`~minicnn.train.tracking.weight_image`);
+    - ``hparams`` (a dict; None writes none, as Keras): at the end of training, those values over the Trainer's
+      compile arguments (:func:`~minicnn.train.tracking.compile_hparams`), with the last epoch's logs as the
+      metrics, for TensorBoard's HParams dashboard.
+
+    ``tracker``: write there instead of ``log_dir`` (another tracker, or one shared with
+    :class:`minicnn.viz.ImageLogger`); the callback flushes it each epoch and closes only a tracker it made.
+    ``batch_steps_per_second`` is the batches since the previous write over the time since then (reading
+    a batch's logs waits for its step, so this is the device's rate; Keras times one call of the host,
+    which under JAX's asynchronous dispatch is not the step's time). Keras' ``write_graph``, ``profile_batch``
+    and ``embeddings_*`` are not arguments: minicnn has no graph or embedding summary to write.
+    """
+
+    def __init__(self, log_dir="logs", histogram_freq=0, write_images=False, write_steps_per_second=False,
+                 update_freq="epoch", *, tracker: tracking.Tracker | None = None, hparams: dict | None = None):
         super().__init__()
-        self.log_dir = Path(log_dir)
+        update_freq = 1 if update_freq == "batch" else update_freq
+        if update_freq != "epoch" and (type(update_freq) is not int or update_freq < 1):
+            raise ValueError(f"TensorBoard: update_freq must be 'epoch', 'batch' or a positive int, got {update_freq!r}")
+        if type(histogram_freq) is not int or histogram_freq < 0:
+            raise ValueError(f"TensorBoard: histogram_freq must be an int >= 0 (0: no histograms), got {histogram_freq!r}")
+        if tracker is not None and not isinstance(tracker, tracking.Tracker):
+            raise TypeError(f"TensorBoard(tracker=): {type(tracker).__name__} lacks the Tracker methods "
+                            f"(scalar, image, histogram, hparams, flush, close)")
+        self.log_dir, self.histogram_freq, self.write_images = str(log_dir), histogram_freq, write_images
+        self.write_steps_per_second, self.update_freq = write_steps_per_second, update_freq
+        self.hparams = None if hparams is None else tracking.check_hparams(hparams)
+        self._owns_tracker = tracker is None
+        self.tracker = tracking.TensorBoardTracker(log_dir) if tracker is None else tracker
 
     def on_train_begin(self, logs=None):
-        from tensorboardX import SummaryWriter
-        self.writers = {split: SummaryWriter(str(self.log_dir / split)) for split in ("train", "validation")}
+        self._global_train_batch, self._last_logs = 0, {}
+        self._last_write = (0, time.perf_counter())  # (batch count, time) of the previous batch write
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = (self._global_train_batch, time.perf_counter())
+
+    def on_batch_begin(self, batch, logs=None):
+        self._global_train_batch += 1
+
+    def on_batch_end(self, batch, logs=None):
+        step = self._global_train_batch
+        if self.update_freq == "epoch" or step % self.update_freq:
+            return
+        records = {f"batch_{k}": float(v) for k, v in (logs or {}).items()}  # float waits for the step
+        records.update(self._learning_rate("batch_learning_rate"))
+        if self.write_steps_per_second:
+            records["batch_steps_per_second"] = self._steps_per_second(self._last_write)
+            self._last_write = (step, time.perf_counter())
+        for name, value in records.items():
+            self.tracker.scalar(f"train/{name}", value, step)
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})  # Keras writes the learning rate to TensorBoard, not into the fit's logs
-        try:
-            logs.setdefault("learning_rate", float(self.trainer.learning_rate))
-        except ValueError:  # an optax transform without inject_hyperparams has no readable rate
-            pass
-        for key, value in logs.items():
-            split = "validation" if key.startswith("val_") else "train"
-            self.writers[split].add_scalar(f"epoch_{key.removeprefix('val_')}", float(value), epoch)
-        for w in self.writers.values():
-            w.flush()
+        logs = dict(logs or {})
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        train.update(self._learning_rate("learning_rate"))  # Keras reads the optimizer's rate here, over the logs'
+        if self.write_steps_per_second:
+            train["steps_per_second"] = self._steps_per_second(self._epoch_start)
+        for name, value in train.items():
+            self.tracker.scalar(f"train/epoch_{name}", value, epoch)
+        validation = {k.removeprefix("val_"): v for k, v in logs.items() if k.startswith("val_")}
+        for name, value in validation.items():
+            self.tracker.scalar(f"validation/epoch_{name}", value, epoch)
+            self.tracker.scalar(f"validation/evaluation_{name}_vs_iterations", value, int(self.trainer.state["step"]))
+        if self.histogram_freq and epoch % self.histogram_freq == 0:
+            self._log_weights(epoch)
+        self._last_logs = logs
+        self.tracker.flush()
 
     def on_train_end(self, logs=None):
-        for w in self.writers.values():
-            w.close()
+        if self.hparams is not None:
+            self.tracker.hparams({**tracking.compile_hparams(self.trainer), **self.hparams}, self._last_logs)
+        if self._owns_tracker:
+            self.tracker.close()
+        else:
+            self.tracker.flush()
+
+    def _learning_rate(self, name: str) -> dict:
+        try:
+            return {name: float(self.trainer.learning_rate)}
+        except ValueError:  # an optax transform without inject_hyperparams has no readable rate
+            return {}
+
+    def _steps_per_second(self, since: tuple[int, float]) -> float:
+        batches, start = since
+        return (self._global_train_batch - batches) / max(time.perf_counter() - start, 1e-9)
+
+    def _log_weights(self, epoch: int) -> None:
+        for collection in self.trainer.variables.values():  # params, batch_stats
+            for path, weight in traverse_util.flatten_dict(collection, sep="/").items():
+                self.tracker.histogram(f"train/{path}/histogram", weight, epoch)
+                image = tracking.weight_image(weight) if self.write_images else None
+                if image is not None:
+                    self.tracker.image(f"train/{path}/image", image, epoch)
 
 
 class TerminateOnNaN(Callback):

@@ -14,6 +14,7 @@ from minicnn.data.directory import (
     image_dataset_from_directory,
     list_image_files,
 )
+from minicnn.data.grain_pipeline import grain_source
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -26,6 +27,7 @@ __all__ = [
     "decode_image",
     "flow_from_directory",
     "from_arrays",
+    "grain_source",
     "image_dataset_from_directory",
     "list_image_files",
     "load_image",

@@ -86,7 +86,7 @@ def run(tmp_path_factory):
     csv_path = tmp / "records.csv"
     csv_tracker = CSVTracker(csv_path)
     settings = dict(histogram_freq=1, write_images=True, write_steps_per_second=True, update_freq=FREQ,
-                    hparams={"batch_size": BATCH, "note": "tiny"})
+                    hparams={"batch_size": np.int64(BATCH), "note": "tiny"})
     batches = BatchLogs()
     images = {"grad_cam": lambda v: grad_cam_overlay(model, v, picture, preprocess=lambda p: p / 255)}
     history = trainer.fit(x / 255, y, batch_size=BATCH, epochs=EPOCHS, validation_data=(x / 255, y), verbose=0,
@@ -198,6 +198,8 @@ def test_bad_arguments_fail_at_construction(tmp_path):
         TensorBoard(tmp_path, histogram_freq=-1)
     with pytest.raises(TypeError, match=r"hparams\['layers'\]"):
         TensorBoard(tmp_path, hparams={"layers": [1, 2]})
+    with pytest.raises(ValueError, match="or tracker=, not both"):
+        TensorBoard(tmp_path, tracker=TensorBoardTracker(tmp_path))
     with pytest.raises(TypeError, match="lacks the Tracker methods"):
         TensorBoard(tracker=object())
     with pytest.raises(TypeError, match=r"\['grad_cam'\] are not callable"):

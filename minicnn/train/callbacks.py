@@ -314,6 +314,9 @@ class TensorBoard(Callback):
             raise ValueError(f"TensorBoard: update_freq must be 'epoch', 'batch' or a positive int, got {update_freq!r}")
         if type(histogram_freq) is not int or histogram_freq < 0:
             raise ValueError(f"TensorBoard: histogram_freq must be an int >= 0 (0: no histograms), got {histogram_freq!r}")
+        if tracker is not None and str(log_dir) != "logs":
+            raise ValueError(f"TensorBoard: pass log_dir={str(log_dir)!r} or tracker=, not both (a tracker "
+                             f"decides where its records go)")
         if tracker is not None and not isinstance(tracker, tracking.Tracker):
             raise TypeError(f"TensorBoard(tracker=): {type(tracker).__name__} lacks the Tracker methods "
                             f"(scalar, image, histogram, hparams, flush, close)")

@@ -83,6 +83,7 @@ def split_run(name: str) -> tuple[str, str]:
 
 
 def _hparam(key: str, value) -> HParamValue:
+    value = value.item() if isinstance(value, np.generic) else value  # np.int64(32) is an int hyperparameter
     if isinstance(value, (str, bool, int, float)):
         return value
     raise TypeError(f"hparams[{key!r}] = {value!r}: TensorBoard's hparams take str, bool, int or float values")

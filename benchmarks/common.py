@@ -1,4 +1,5 @@
-"""Timing helpers shared by the benchmarks: warm-up, interleaved medians, the matmul ceiling, FLOPs.
+"""Timing helpers shared by the benchmarks: warm-up, interleaved medians, the matmul ceiling and the
+machine's float32 peak (best BLAS sgemm; theoretical FMA peak), FLOPs.
 
 A benchmark module ``benchmarks/bench_<topic>.py`` exposes ``run(quick=False) -> list[dict]``. Rows
 made with :func:`row` (``workload``, ``impl``, ``seconds``, optional ``items`` and ``flops``) are
@@ -117,10 +118,53 @@ def ceiling_gflops(timing: dict, n: int = CEILING_N) -> float:
 
 
 def matmul_ceiling(n: int = CEILING_N, repeats: int = 7) -> dict:
-    """Measured float32 matmul GFLOP/s, jitted JAX (the ceiling the table divides by) and NumPy."""
+    """Measured float32 n x n matmul GFLOP/s (best of ``repeats``, interleaved): jitted JAX, NumPy's
+    BLAS and torch's (if installed); ``sgemm_peak_gflops_per_s`` is the best BLAS sgemm, the
+    machine's measured float32 peak, and :func:`fma_peak` the theoretical one beside it."""
     a = np.random.default_rng(0).standard_normal((n, n), np.float32)
-    t = time_interleaved({"jax": matmul_callable(n), "numpy": lambda: a @ a}, repeats)
-    return {f"{k}_gflops_per_s": ceiling_gflops(v, n) for k, v in t.items()} | {"n": n}
+    fns = {"jax": matmul_callable(n), "numpy": lambda: a @ a}
+    try:
+        import torch
+        ta = torch.from_numpy(a)
+        fns["torch"] = lambda: torch.mm(ta, ta)
+    except ImportError:
+        pass
+    t = time_interleaved(fns, repeats)
+    out = {f"{k}_gflops_per_s": ceiling_gflops(v, n) for k, v in t.items()} | {"n": n}
+    out["sgemm_peak_gflops_per_s"] = max(out[k] for k in ("numpy_gflops_per_s", "torch_gflops_per_s") if k in out)
+    return out | fma_peak()
+
+
+def fma_peak(fma_units: int = 2) -> dict:
+    """The theoretical float32 peak: cores x GHz x lanes x 2 (an FMA is 2 FLOPs) x FMA units per core.
+
+    From ``/proc/cpuinfo`` (Linux; ``{}`` elsewhere or without FMA): lanes 16 with ``avx512f``, 8 with
+    ``avx2`` + ``fma``; GHz from cpufreq's ``cpuinfo_max_freq`` when present, else ``cpu MHz`` (a VM
+    reports its nominal clock: turbo can exceed it, AVX-512 clocks fall below it); cores: those this
+    process may run on. FMA units per core are not in the flags: 2 on Xeon Scalable Gold/Platinum
+    and AVX2 cores since Haswell (1 on some Xeon Silver/Bronze; AMD Zen 4 splits 512-bit FMAs in two).
+    Returns ``{"fma_peak_gflops_per_s": ..., "fma_peak_formula": "2 cores x ... = ... GFLOP/s"}``.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+    lanes = 16 if "avx512f" in flags else 8 if {"avx2", "fma"} <= flags else None
+    mhz = next((float(ln.split(":", 1)[1]) for ln in lines if ln.startswith("cpu MHz")), None)
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as f:
+            mhz = int(f.read()) / 1000
+    except (OSError, ValueError):
+        pass
+    if lanes is None or mhz is None:
+        return {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    peak = cores * mhz / 1000 * lanes * 2 * fma_units
+    return {"fma_peak_gflops_per_s": peak,
+            "fma_peak_formula": f"{cores} cores x {mhz / 1000:.3f} GHz x {lanes} float32 lanes x 2 FLOP/FMA "
+                                f"x {fma_units} FMA units = {peak:.0f} GFLOP/s"}
 
 
 def load_average() -> tuple[float, float, float] | None:

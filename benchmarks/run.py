@@ -6,8 +6,10 @@ Each module's ``run(quick) -> list[dict]`` runs in a fresh interpreter (so one c
 compilation caches, threads and XLA flags cannot disturb another's, and a failing benchmark is
 reported without stopping the rest). Rows made with ``benchmarks.common.row`` are pivoted into
 one line per workload with minicnn, Keras-JAX and PyTorch side by side, the ratios (> 1: minicnn is
-faster), achieved GFLOP/s and the fraction of the matmul ceiling (measured by the benchmark
-interleaved with its workloads when it reports ``ceiling_gflops_per_s``, else once at the start);
+faster), achieved GFLOP/s, the fraction of the machine's float32 peak (the best BLAS sgemm, NumPy's
+or torch's, measured once at the start; the theoretical FMA peak is printed beside it) and the
+fraction of jitted JAX's own matmul (measured by the benchmark interleaved with its workloads when
+it reports ``ceiling_gflops_per_s``, else once at the start);
 other rows are listed as they come. Everything, with the machine's details and load, goes to
 ``benchmarks/results/<machine>.json``.
 """
@@ -64,8 +66,9 @@ def _fmt(v, spec: str = ".3g") -> str:
     return "–" if v is None else format(v, spec)
 
 
-def comparison_table(rows: list[dict], ceiling: float | None) -> str:
-    """One markdown line per workload: seconds per call of each implementation, ratios, GFLOP/s."""
+def comparison_table(rows: list[dict], ceiling: float | None, peak: float | None = None) -> str:
+    """One markdown line per workload: seconds per call of each implementation, ratios, GFLOP/s,
+    % of ``peak`` (the measured float32 peak) and % of ``ceiling`` (jitted JAX's matmul)."""
     from benchmarks.common import IMPL_TITLES, IMPLS
 
     by_workload: dict[str, dict[str, dict]] = {}
@@ -73,7 +76,7 @@ def comparison_table(rows: list[dict], ceiling: float | None) -> str:
         if "workload" in r and r.get("impl") in IMPLS:
             by_workload.setdefault(r["workload"], {})[r["impl"]] = r
     head = ["workload"] + [f"{IMPL_TITLES[i]} s (items/s)" for i in IMPLS] + [
-        "× Keras", "× PyTorch best", "minicnn GFLOP/s", "% ceiling", "goal ≥ 1×"]
+        "× Keras", "× PyTorch best", "minicnn GFLOP/s", "% peak", "% JAX matmul", "goal ≥ 1×"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for workload, impls in by_workload.items():
         cells = [workload]
@@ -90,6 +93,7 @@ def comparison_table(rows: list[dict], ceiling: float | None) -> str:
         ceil = (ours or {}).get("ceiling_gflops_per_s") or ceiling
         missed = [what for what, r in (("Keras", ratio_k), ("PyTorch", ratio_t)) if r is not None and r < 1]
         cells += [_fmt(ratio_k, ".2f"), _fmt(ratio_t, ".2f"), _fmt(gf, ".0f"),
+                  _fmt(100 * gf / peak if gf and peak else None, ".0f"),
                   _fmt(100 * gf / ceil if gf and ceil else None, ".0f"),
                   "not met: slower than " + " and ".join(missed) if missed else "met"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -132,9 +136,14 @@ def main(argv=None) -> int:
     ceiling_gf = ceiling["jax_gflops_per_s"]
     print(f"## minicnn benchmarks on {info['cpu']} ({info['cores']} cores), "
           f"load {info['load_average']}\n")
-    print(f"Matmul ceiling (jitted JAX, {ceiling['n']}²): {ceiling_gf:.0f} GFLOP/s; NumPy: "
-          f"{ceiling['numpy_gflops_per_s']:.0f}. Ratios > 1: minicnn is faster.\n")
-    print(comparison_table(rows, ceiling_gf), "\n")
+    peak = ceiling["sgemm_peak_gflops_per_s"]
+    blas = ", ".join(f"{lib} {ceiling[f'{lib}_gflops_per_s']:.0f}" for lib in ("numpy", "torch")
+                     if f"{lib}_gflops_per_s" in ceiling)
+    print(f"Float32 peak (\"% peak\"): best BLAS sgemm {ceiling['n']}², best of 7: {peak:.0f} GFLOP/s ({blas}); "
+          f"theoretical FMA peak: {ceiling.get('fma_peak_formula', 'unknown')}.  \n"
+          f"JAX matmul (\"% JAX matmul\", jitted, {ceiling['n']}², interleaved with each workload where the "
+          f"benchmark measures it): {ceiling_gf:.0f} GFLOP/s at the start. Ratios > 1: minicnn is faster.\n")
+    print(comparison_table(rows, ceiling_gf, peak), "\n")
     print(other_table(rows))
     for name, res in results.items():
         if "error" in res:

@@ -19,8 +19,8 @@ from jax import lax
 
 from minicnn.ops import winograd
 from minicnn.ops.policy import (CONV_ALGORITHMS, check_compute_dtype, check_conv_algorithm,
-                                compiler_options, compute_dtype, conv_algorithm, get_compute_dtype,
-                                get_conv_algorithm, jit)
+                                compilation_cache_dir, compiler_options, compute_dtype, conv_algorithm,
+                                get_compute_dtype, get_conv_algorithm, jit, use_compilation_cache)
 
 Padding = Union[str, int, tuple[tuple[int, int], tuple[int, int]]]
 
@@ -29,7 +29,8 @@ __all__ = [
     "global_max_pool2d", "batch_norm_inference", "batch_norm_train", "dense", "dropout",
     "relu", "relu6", "sigmoid", "softmax", "output_size", "same_padding", "pair",
     "check_input", "get_activation", "CONV_ALGORITHMS", "get_conv_algorithm", "conv_algorithm",
-    "get_compute_dtype", "compute_dtype", "compiler_options", "jit",
+    "get_compute_dtype", "compute_dtype", "compiler_options", "jit", "compilation_cache_dir",
+    "use_compilation_cache",
 ]
 
 
@@ -248,8 +249,27 @@ def dense(x, kernel, bias=None, dtype=None):
         raise ValueError(f"dense: input has {x.shape[-1]} features (shape {tuple(x.shape)}) but the "
                          f"kernel {tuple(kernel.shape)} expects {kernel.shape[0]}")
     x = _to_compute_dtype(x, dtype)
-    y = jnp.dot(x, kernel.astype(x.dtype))
+    y = _matmul(x, kernel.astype(x.dtype))
     return y if bias is None else y + bias.astype(y.dtype)
+
+
+# jaxlib 0.10's CPU backend gives a row-major dot to YNNPACK, which streams a large kernel far below
+# memory bandwidth when there are few rows (VGG16's fc1 at batch 8: 490 ms, XLA's Eigen dot 210 ms;
+# benchmarks/NOTES.md). YNNPACK declines a dot whose left operand is column-major, so with few rows
+# the input is transposed first, behind an optimization barrier (else XLA folds the transpose back
+# into the dot): Eigen then runs it under plain jax.jit too, forward and backward. The transpose
+# copies only the small input. Above ~16 rows YNNPACK is as fast or faster (measured to 512 rows).
+MATVEC_ROWS = 16
+
+
+def _matmul(x, kernel):
+    """x: (..., in) @ kernel (in, out) -> (..., out), as a column-major-input dot on CPU for few rows."""
+    rows = math.prod(x.shape[:-1])
+    if not 0 < rows <= MATVEC_ROWS or jax.default_backend() != "cpu":
+        return jnp.dot(x, kernel)
+    xt = lax.optimization_barrier(x.reshape(rows, x.shape[-1]).T)  # (in, rows), column-major input
+    y = lax.dot_general(xt, kernel, (((0,), (0,)), ((), ())))
+    return y.reshape(*x.shape[:-1], kernel.shape[1])
 
 
 def dropout(key, x, rate: float):

@@ -11,7 +11,8 @@ function keeps the choices it was traced with.
 :func:`jit` is ``jax.jit`` plus compiler options; it changes how XLA compiles a program, never the
 program: the same function traced by ``jax.jit`` and by :func:`jit` computes the same thing.
 
-Importing this module touches no JAX backend: options are decided on a function's first call.
+Importing this module touches no JAX backend and no JAX setting: options are decided, and JAX's
+persistent compilation cache turned on (:func:`use_compilation_cache`), on a function's first call.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +35,13 @@ _compute_dtype = contextvars.ContextVar("minicnn_compute_dtype", default=None)
 # convs forward and (more) backward, and far faster for the memory-bound fc1 at small batch
 # (benchmarks/NOTES.md). Numerics are unchanged (float32, within 1e-6 relative).
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+# For programs run once (a model's initialisation): XLA's backend optimisations are most of their
+# compile time and none of their use (the small convnet's init: 17 s -> 4 s compiling under load,
+# 0.05 s slower to run, identical values; benchmarks/NOTES.md).
+RUN_ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+COMPILATION_CACHE_ENV = "MINICNN_COMPILATION_CACHE"
 
 
 def check_conv_algorithm(name: str) -> str:
@@ -110,6 +120,48 @@ def compiler_options() -> dict:
     return dict(options) if _accepted(backend, options) else {}
 
 
+def compilation_cache_dir() -> str | None:
+    """Where :func:`jit` keeps compiled programs across processes, from ``$MINICNN_COMPILATION_CACHE``:
+    None when it is ``0``/``false``/``off``, the path when it is one, else (unset, ``1``)
+    ``$XDG_CACHE_HOME/minicnn/xla`` (default ``~/.cache/minicnn/xla``)."""
+    setting = os.environ.get(COMPILATION_CACHE_ENV, "").strip()
+    if setting.lower() in ("0", "false", "off", "no"):
+        return None
+    if setting and setting.lower() not in ("1", "true", "on", "yes"):
+        return os.path.abspath(os.path.expanduser(setting))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "minicnn", "xla")
+
+
+def use_compilation_cache() -> str | None:
+    """Turn on JAX's persistent compilation cache in :func:`compilation_cache_dir` (a second run of a
+    program loads it instead of compiling: the chapter's train steps take seconds to compile) and
+    return the directory in use; None when it is off. A cache directory the user gave JAX
+    (``jax_compilation_cache_dir``) is kept. :func:`jit` calls this on a function's first use, never
+    at import. JAX writes only programs that took over ``jax_persistent_cache_min_compile_time_secs``
+    (1 s) to compile. The directory is trusted code: keep it private, as JAX's documentation says.
+    """
+    configured = jax.config.jax_compilation_cache_dir
+    if configured:
+        return configured
+    path = compilation_cache_dir()
+    if path is None:
+        return None
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        _warn_once(f"minicnn: compilation cache off, cannot create {path} ({e.strerror}); set "
+                   f"{COMPILATION_CACHE_ENV} to a writable directory, or to 0 to silence this")
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 class _LazyJit:
     """``jax.jit(fun, compiler_options=compiler_options(), **kwargs)``, built on first use.
 
@@ -123,6 +175,7 @@ class _LazyJit:
 
     def _get(self):
         if self._jitted is None:
+            use_compilation_cache()
             explicit = self._kwargs.get("compiler_options") or {}
             kwargs = {**self._kwargs, "compiler_options": {**compiler_options(), **explicit}}
             self._jitted = jax.jit(self._fun, **kwargs)
@@ -137,11 +190,15 @@ class _LazyJit:
         return getattr(self._get(), name)
 
 
-def jit(fun, **kwargs):
-    """``jax.jit`` with :func:`compiler_options` (explicit ``compiler_options`` entries win).
+def jit(fun, *, run_once: bool = False, **kwargs):
+    """``jax.jit`` with :func:`compiler_options` (explicit ``compiler_options`` entries win) and
+    JAX's persistent compilation cache on (:func:`use_compilation_cache`).
 
     Only compilation differs from ``jax.jit(fun, **kwargs)``: the traced program is the same.
-    The options are decided, and ``jax.jit`` called, on first use; the result supports ``jax.jit``'s
-    ``lower``, ``trace`` and ``eval_shape``.
+    ``run_once``: a program called once or twice (an initialisation) is compiled with XLA's backend
+    optimisations off, a fraction of the compile time. The options are decided, and ``jax.jit``
+    called, on first use; the result supports ``jax.jit``'s ``lower``, ``trace`` and ``eval_shape``.
     """
+    if run_once:
+        kwargs = {**kwargs, "compiler_options": {**RUN_ONCE_COMPILER_OPTIONS, **(kwargs.get("compiler_options") or {})}}
     return _LazyJit(fun, kwargs)

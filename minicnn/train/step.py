@@ -74,17 +74,27 @@ def apply_model(model: nn.Module, params, batch_stats, x, *, train: bool, frozen
 
 def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation, mask: masks.Mask = None,
                     metrics: Mapping[str, LossFn] | None = None):
-    """``step(state, (x, y)) -> (state, logs)``: one optimizer step, pure (jit and donate it).
+    """``step(state, (x, y), weight=None) -> (state, logs)``: one optimizer step, pure (jit and donate it).
 
     loss_fn, metrics: per-sample ``fn(y_true, y_pred) -> (N, ...)`` (:mod:`minicnn.train.losses`,
     :mod:`minicnn.train.metrics`); logs are their batch means over the sample axis, ``{"loss": (), name: (...)}``.
     tx: built with :func:`minicnn.masks.freeze` over the same ``mask`` (``init_state`` with it).
     batch: ``(x, y)`` or ``(x, y, sample_weight)`` with sample_weight (N,): the loss is then Keras'
     ``sum(sample_weight * loss) / N``; metrics stay unweighted (Keras' ``metrics``, not ``weighted_metrics``).
+    weight: None, or (N,) 1 on real rows and 0 on padding rows, which then count in no loss, metric or
+    gradient (means are over the real rows), so a short batch padded to full size runs the same program.
+    Padding rows still pass through the model: BatchNormalization layers in training mode would count
+    them in their batch statistics (the Trainer pads only when none trains).
     """
     metrics = dict(metrics or {})
 
-    def step(state: TrainState, batch) -> tuple[TrainState, dict]:
+    def mean(values, weight):  # (N, ...) -> (...), over the rows whose weight is 1
+        if weight is None:
+            return jnp.mean(values, axis=0)
+        real = weight.reshape(weight.shape + (1,) * (values.ndim - 1)) > 0
+        return jnp.sum(jnp.where(real, values, 0), axis=0) / jnp.sum(weight)
+
+    def step(state: TrainState, batch, weight=None) -> tuple[TrainState, dict]:
         x, y, *sample_weight = batch
         flat = masks.flat_mask(state["params"], mask)
         rng, dropout_key = jax.random.split(state["rng"])
@@ -95,7 +105,7 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
                                             train=True, frozen=masks.frozen_modules(flat),
                                             rngs={"dropout": dropout_key})
             per_sample = loss_fn(y, pred)
-            loss = jnp.mean(per_sample * sample_weight[0] if sample_weight else per_sample)
+            loss = mean(per_sample * sample_weight[0] if sample_weight else per_sample, weight)
             return loss, (pred, batch_stats)
 
         (loss, (pred, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
@@ -105,7 +115,7 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
         trainable = optax.apply_updates(trainable, masks.split(updates, flat)[0])  # frozen leaves untouched
         new = TrainState(params=masks.merge(trainable, frozen), batch_stats=batch_stats, opt_state=opt_state,
                          step=state["step"] + 1, rng=rng)
-        return new, {"loss": loss, **{k: jnp.mean(fn(y, pred), axis=0) for k, fn in metrics.items()}}
+        return new, {"loss": loss, **{k: mean(fn(y, pred), weight) for k, fn in metrics.items()}}
 
     return step
 

@@ -15,8 +15,9 @@ Batches. ``fit`` takes any re-iterable of ``(x, y)`` batches (a minicnn dataset'
 epoch ``n``, so resuming at ``initial_epoch`` is exact; otherwise one ``iter()`` per epoch; with
 ``steps_per_epoch`` one iterator is kept across epochs and restarted when it runs out) or arrays
 ``fit(x, y, batch_size=32)`` (shuffled each epoch from ``seed``, like Keras). A smaller last training
-batch is a second shape, compiled once and cached: padding it would change the batch statistics of
-BatchNormalization and the per-step loss that Keras reports. ``evaluate`` and ``predict`` pad the
+batch is padded to the first batch's size with rows that weigh 0 in the loss, metrics and gradients,
+so one program serves the epoch (unless a BatchNormalization layer trains: padding would change its
+batch statistics, so that batch is a second shape, compiled once). ``evaluate`` and ``predict`` pad the
 last batch to the first batch's size and mask the padding out, so they compile once.
 """
 
@@ -287,6 +288,8 @@ class Trainer:
         if not self.built:
             return
         self._flat_mask = masks.flat_mask(self.state["params"], self._field_mask if mask is None else mask)
+        frozen_layers = masks.frozen_modules(self._flat_mask)  # padding a batch changes no frozen BN's statistics
+        self._pad_exact = all(p[:-1] in frozen_layers for p in traverse_util.flatten_dict(self.state["batch_stats"]))
         mask_tree = traverse_util.unflatten_dict(self._flat_mask)
         self.tx = masks.freeze(self.optimizer, mask_tree)
         self.state["opt_state"] = _copy(self.tx.init(self.state["params"]))  # own buffers: the state is donated
@@ -310,7 +313,7 @@ class Trainer:
         if not self.built:
             self.build(x, seed)
         self._check_labels(x, y, 0)
-        self.state, logs = self._train_step(self.state, self._on_devices(x, y, pad=False))
+        self.state, logs = self._train_step(self.state, *self._train_batch(len(x), x, y))
         return {k: float(v) for k, v in self._results(logs).items()}
 
     def _results(self, means: dict) -> dict:
@@ -336,6 +339,18 @@ class Trainer:
             return self._output_widths[shape]
 
         losses_lib.check_labels(self.loss_fn, y, classes, batch)
+
+    def _train_batch(self, size: int, *arrays) -> tuple[tuple, jax.Array]:
+        """``(batch, weight)`` on the devices for the train step: ``arrays`` (x, y[, sample_weight]) padded
+        with zero rows up to ``size``, ``weight`` (size,) 1 on real rows and 0 on padding, so an epoch's
+        short last batch runs the compiled step of the full ones. Exact (padding rows count in no loss,
+        metric or gradient) except for dropout, whose draws for the real rows then differ from an
+        unpadded batch's; not padded while a BatchNormalization layer trains (its batch statistics)."""
+        n = len(arrays[0])
+        size = size if self._pad_exact and n < size else n
+        *batch, weight = self._on_devices(*(_pad(a, size) for a in arrays), _pad(np.ones(n, np.float32), size),
+                                          pad=False)
+        return tuple(batch), weight
 
     def _on_devices(self, *arrays, pad: bool):
         """Device arrays for a batch: whole on the default device, or split over ``mesh``
@@ -397,6 +412,7 @@ class Trainer:
         cb.set_trainer(self)
         self.stop_training = False
         iterator = None
+        size = None  # the first batch's size: shorter batches are padded to it (_train_batch)
         cb.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             if arrays is not None:
@@ -426,7 +442,8 @@ class Trainer:
                     self.build(xb, seed)
                 cb.on_batch_begin(batch)
                 self._check_labels(xb, yb, batch)
-                self.state, logs = self._train_step(self.state, self._on_devices(xb, yb, *wb, pad=False))
+                size = size or len(xb)
+                self.state, logs = self._train_step(self.state, *self._train_batch(size, xb, yb, *wb))
                 n = len(xb)
                 sums = {k: sums.get(k, 0.0) + v * n for k, v in logs.items()}
                 count += n

@@ -12,9 +12,11 @@ A jitted function whose inputs are placed this way runs data-parallel unchanged:
 compiles once): padded rows are zeros and ``mask`` is 0 there; averaging with :func:`masked_mean`
 gives exactly the unpadded batch's loss and gradients. Pass ``pad=False`` to get a clear error instead.
 
-Multi-host (``jax.distributed.initialize()`` first, see docs/SCALING.md): ``data_mesh()`` spans
+Multi-process (``jax.distributed.initialize()`` first, see docs/SCALING.md): ``data_mesh()`` spans
 every process's devices, and each process passes its own slice of the global batch to
-``shard_batch``, which assembles the global array with ``jax.make_array_from_process_local_data``.
+``shard_batch``, which assembles the global array with ``jax.make_array_from_process_local_data``
+(in the mesh's device order: process 0's rows first for ``data_mesh()``). The global batch is ``process_count(mesh)`` slices,
+and :func:`local_rows` gives a process its own rows of a sharded result back.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 AXIS = "data"
 
 __all__ = ["AXIS", "data_mesh", "batch_sharding", "replicated", "replicate", "pad_batch",
-           "shard_batch", "masked_mean", "unpad"]
+           "shard_batch", "masked_mean", "unpad", "process_count", "local_rows"]
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -102,3 +104,18 @@ def masked_mean(values, mask):
 def unpad(tree, n: int):
     """Drop padded rows: the first ``n`` rows of every leaf (e.g. features from a padded batch)."""
     return jax.tree.map(lambda a: a[:n], tree)
+
+
+def process_count(mesh: Mesh | None) -> int:
+    """How many processes hold devices of ``mesh`` (1 for None): a global batch is that many local slices."""
+    return 1 if mesh is None else len({d.process_index for d in mesh.devices.flat})
+
+
+def local_rows(array: jax.Array) -> np.ndarray:
+    """This process's rows of an array split over its leading axis, as NumPy: the whole array in a
+    single process, this process's slice of the global batch in a multi-process run (the rows it
+    passed to :func:`shard_batch`, padding included)."""
+    if array.is_fully_addressable or array.is_fully_replicated:
+        return np.asarray(array)
+    shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return np.concatenate([np.asarray(s.data) for s in shards])

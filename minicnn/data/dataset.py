@@ -25,6 +25,7 @@ of the bytes move to the device and through its gathers.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 
@@ -50,8 +51,21 @@ def num_batches(n: int, batch_size: int, drop_remainder: bool) -> int:
     return n // batch_size if drop_remainder else math.ceil(n / batch_size)
 
 
+def shard_positions(n: int, batch_size: int, index: int, count: int, drop_remainder: bool) -> np.ndarray:
+    """The positions (int, sorted) of an epoch's order of ``n`` samples that shard ``index`` of ``count`` reads:
+    the ``index``-th of ``count`` equal slices of every batch of ``batch_size`` (the last, shorter batch too, unless
+    dropped; its size must divide by ``count``). The shards' batches, concatenated in shard order, are the batches."""
+    starts = np.arange(0, n - n % batch_size if drop_remainder else n, batch_size)
+    sizes = np.minimum(batch_size, n - starts) // count
+    slices = [np.arange(s + index * k, s + (index + 1) * k) for s, k in zip(starts, sizes)]
+    return np.concatenate([np.zeros(0, int), *slices])
+
+
 class Dataset:
-    """Base class: subclasses implement ``_epoch_batches(epoch)`` and ``__len__``."""
+    """Base class: subclasses implement ``_epoch_batches(epoch)`` (reading ``_shard_order`` of each epoch's order)
+    and ``__len__``."""
+
+    shard_index, shard_count = 0, 1  # see shard()
 
     def __init__(self, batch_size: int, shuffle: bool, seed: int | None, drop_remainder: bool):
         if not (isinstance(batch_size, int) and batch_size > 0):
@@ -66,6 +80,45 @@ class Dataset:
         if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
             raise ValueError(f"epoch must be an int >= 0, got {n!r}")
         return self._stored_batches(n, cast=True)
+
+    @property
+    def global_batch_size(self) -> int:
+        """The batch of all shards together: ``batch_size * shard_count`` (``batch_size`` unless sharded)."""
+        return self.batch_size * self.shard_count
+
+    def shard(self, index: int, count: int) -> Dataset:
+        """This dataset as shard ``index`` of ``count`` (one per process of a multi-process run): every batch of
+        the dataset is split into ``count`` equal, consecutive slices and the shard yields slice ``index``, so the
+        shards' batches, concatenated in index order, are exactly this dataset's batches (same epochs, same order;
+        a directory shard decodes only its own files). ``batch_size`` becomes ``batch_size // count`` (per
+        process), ``global_batch_size`` the original; ``len()``, ``samples`` and ``seed`` stay the whole dataset's.
+
+        ``batch_size`` must divide by ``count``, and so must the last, shorter batch unless ``drop_remainder``
+        (a ValueError names the sizes). Use ``shard(jax.process_index(), jax.process_count())``.
+        """
+        if self.shard_count > 1:
+            raise ValueError(f"shard: the dataset is already shard {self.shard_index} of {self.shard_count}")
+        if not (type(count) is int and count > 0 and type(index) is int and 0 <= index < count):
+            raise ValueError(f"shard(index={index!r}, count={count!r}): need ints with 0 <= index < count")
+        last = 0 if self.drop_remainder else self.samples % self.batch_size
+        if self.batch_size % count:
+            raise ValueError(f"shard(count={count}): batch_size={self.batch_size} does not split into {count} equal "
+                             f"shards; use a batch_size that divides by {count}")
+        if last % count:
+            raise ValueError(f"shard(count={count}): the last batch has {last} samples ({self.samples} samples, "
+                             f"batch_size={self.batch_size}), which do not split into {count} equal shards; pass "
+                             f"drop_remainder=True to the dataset or use a sample count that leaves a multiple "
+                             f"of {count}")
+        sharded = copy.copy(self)
+        sharded.shard_index, sharded.shard_count, sharded.batch_size = index, count, self.batch_size // count
+        return sharded
+
+    def _shard_order(self, order: np.ndarray) -> np.ndarray:
+        """This shard's part of an epoch's sample ``order`` (all of it unless sharded)."""
+        if self.shard_count == 1:
+            return order
+        return order[shard_positions(len(order), self.global_batch_size, self.shard_index, self.shard_count,
+                                     self.drop_remainder)]
 
     def __iter__(self) -> Iterator:
         """Epoch 0, every time (no hidden epoch counter; see the module docstring)."""
@@ -119,10 +172,10 @@ class ArrayDataset(Dataset):
         self.samples = len(self.x)
 
     def __len__(self) -> int:
-        return num_batches(self.samples, self.batch_size, self.drop_remainder)
+        return num_batches(self.samples, self.global_batch_size, self.drop_remainder)
 
     def _epoch_batches(self, epoch):
-        order = epoch_order(self.samples, self.shuffle, self.seed, epoch)
+        order = self._shard_order(epoch_order(self.samples, self.shuffle, self.seed, epoch))
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.x[idx]
@@ -155,6 +208,7 @@ class MappedDataset(Dataset):
     def __init__(self, parent: Dataset, fn: Callable, seed: int | None, dtype):
         super().__init__(parent.batch_size, parent.shuffle, parent.seed, parent.drop_remainder)
         self.parent, self.fn, self.key_seed, self.dtype = parent, fn, seed, dtype
+        self.shard_index, self.shard_count = parent.shard_index, parent.shard_count
 
     def __getattr__(self, name):
         if name == "parent":  # not yet set: avoid recursing while unpickling / copying
@@ -163,6 +217,11 @@ class MappedDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.parent)
+
+    def shard(self, index: int, count: int) -> MappedDataset:
+        """The parent's shard (see ``Dataset.shard``) mapped by the same ``fn``: each shard applies ``fn`` to
+        its own slice, with the batch's key, which is the same in every shard."""
+        return MappedDataset(self.parent.shard(index, count), self.fn, self.key_seed, self.dtype)
 
     def _stored_batches(self, epoch, cast):
         return self._epoch_batches(epoch)  # fn decides what comes out

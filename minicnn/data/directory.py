@@ -238,7 +238,7 @@ class DirectoryDataset(Dataset):
         return len(self.skipped_files)
 
     def __len__(self) -> int:
-        return num_batches(self.samples, self.batch_size, self.drop_remainder)
+        return num_batches(self.samples, self.global_batch_size, self.drop_remainder)
 
     def _header_error(self, path):
         try:
@@ -251,6 +251,9 @@ class DirectoryDataset(Dataset):
         """Raise ``error`` (on_error='raise'), or warn and leave file ``i`` out of this and every later epoch."""
         if self.on_error == "raise":
             raise error
+        if self.shard_count > 1:  # the other shards cannot know: their slices of the batches would no longer line up
+            raise ValueError(f"{error}; shard {self.shard_index} of {self.shard_count} of a dataset cannot skip a file "
+                             f"that fails only when decoded (on_error='skip'); remove or repair it") from error
         if not self._usable[i]:  # already found by another iterator over the same dataset
             return
         warnings.warn(f"skipping {error}", stacklevel=4)
@@ -270,7 +273,8 @@ class DirectoryDataset(Dataset):
         return image
 
     def _epoch_batches(self, epoch):
-        order = (i for i in epoch_order(len(self._paths), self.shuffle, self.seed, epoch) if self._usable[i])
+        order = epoch_order(len(self._paths), self.shuffle, self.seed, epoch)
+        order = (i for i in self._shard_order(order[self._usable[order]]) if self._usable[i])
         pool = ThreadPoolExecutor(self.num_workers)
         try:
             # Keep `prefetch` batches of decodes in flight; results are consumed in submission order, so the

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import jax
 import numpy as np
 from flax import traverse_util
 
@@ -47,12 +48,22 @@ class Callback:
     def on_batch_end(self, batch, logs=None): ...
 
 
+def _writes(callback: Callback) -> bool:
+    """Whether ``callback`` writes files or prints progress (only process 0 of a multi-process run does)."""
+    return isinstance(callback, (ModelCheckpoint, CSVLogger, TensorBoard, ProgbarLogger))
+
+
 class CallbackList(Callback):
-    """Calls each hook on every callback, in order."""
+    """Calls each hook on every callback, in order.
+
+    In a multi-process run (``jax.distributed``) the callbacks that write files or print progress
+    (``ModelCheckpoint``, ``CSVLogger``, ``TensorBoard``, ``ProgbarLogger``) run on process 0 only; every
+    other callback runs on every process, so all processes take the same decisions (stop, learning rate).
+    """
 
     def __init__(self, callbacks: Sequence[Callback] = ()):
         super().__init__()
-        self.callbacks = list(callbacks)
+        self.callbacks = [c for c in callbacks if jax.process_index() == 0 or not _writes(c)]
 
     def set_trainer(self, trainer):
         for c in self.callbacks:

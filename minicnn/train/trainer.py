@@ -184,9 +184,10 @@ class Trainer:
       everything unless a field is False). An explicit mask replaces the fields, it is not combined
       with them: ``trainable=True`` trains a ``VGG16(trainable=False)`` too (the fine-tuning phase).
     mesh: data parallelism over a ``jax.sharding.Mesh`` (e.g. ``minicnn.parallel.data_mesh()``, every
-      local device): the train state is replicated, each batch is split over the devices and XLA
-      reduces the gradients. Training batches must divide by the device count (a clear error
-      otherwise); evaluate and predict pad. None: the default device.
+      device, of every process after ``jax.distributed.initialize``: docs/SCALING.md): the train state is
+      replicated, each batch is split over the devices and XLA reduces the gradients. Training batches
+      must divide by the device count (a clear error otherwise); evaluate and predict pad. None: the
+      default device.
     """
 
     def __init__(self, model: nn.Module, loss: str | Callable = "binary_crossentropy",
@@ -496,7 +497,7 @@ class Trainer:
             out = self._eval_step({"params": self.state["params"], "batch_stats": self.state["batch_stats"]},
                                   (xd, yd, *swd), wd)
             sums = out if sums is None else {k: sums[k] + out[k] for k in out}
-            count += n
+            count += n * parallel.process_count(self.mesh)  # the sums are over every process's slice
         if sums is None:
             raise ValueError("evaluate: the data yielded no batches")
         return {k: float(v) for k, v in self._results({k: v / count for k, v in sums.items()}).items()}
@@ -520,7 +521,8 @@ class Trainer:
             n = len(xb)
             size = size or n
             variables = {"params": self.state["params"], "batch_stats": self.state["batch_stats"]}
-            outs.append(np.asarray(self._predict_step(variables, *self._on_devices(_pad(xb, size), pad=True)))[:n])
+            out = self._predict_step(variables, *self._on_devices(_pad(xb, size), pad=True))
+            outs.append(parallel.local_rows(out)[:n])  # this process's rows
         if not outs:
             raise ValueError("predict: the data yielded no batches")
         return np.concatenate(outs)
@@ -533,6 +535,10 @@ class Trainer:
         directory), for :func:`load_model`. A Keras file name (``x.h5``, ``x.keras``) is refused: this
         is not a Keras file. ``fingerprint``: any string naming the model, checked by :meth:`load`
         when it is given one too."""
+        if jax.process_count() > 1:  # only process 0 saves (CallbackList); orbax's save would wait for the others
+            raise NotImplementedError(f"Trainer.save in process {jax.process_index()} of "
+                                      f"{jax.process_count()} (jax.distributed): the checkpoint store waits for every "
+                                      f"process while only process 0 saves, so it would hang; see docs/SCALING.md")
         saving.check_path(directory)
         self._require_built("save")
         loss, metrics, from_logits = self._compile

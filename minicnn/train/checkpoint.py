@@ -11,6 +11,10 @@ and, as JSON in the marker file's ``metadata``: ``kind``, ``epoch``, ``history``
 model ``fingerprint``. The marker also records every variable's path, shape and dtype, which
 :func:`check_model` compares with the model being restored. Checkpoints of minicnn 0.1 (epoch and
 history as arrays, the history as uint8 JSON bytes, no marker) still load.
+
+Given a :class:`minicnn.weights.store.Manager` (a run's numbered steps kept by orbax's
+``CheckpointManager``), the same checkpoint is written as the step ``epoch`` (epochs completed);
+:func:`resolve` picks the step to load.
 """
 
 from __future__ import annotations
@@ -25,25 +29,34 @@ from flax import serialization, traverse_util
 from minicnn.weights import store
 from minicnn.train.history import History
 
-__all__ = ["save", "load", "check_model", "model_shapes"]
+__all__ = ["contents", "save", "load", "resolve", "check_model", "model_shapes"]
 
 KIND = "minicnn.train"
+resolve = store.resolve  # Trainer.load's: a directory of numbered steps -> the step to load
+
+
+def contents(state: dict, flat_mask: dict, epoch: int, history: History, **metadata) -> tuple[dict, dict]:
+    """``(tree, metadata)`` of a train checkpoint: the arrays (host NumPy) and the JSON that goes with
+    them (``kind``, ``epoch``, ``history`` and the keyword ``metadata``, e.g. ``fingerprint``,
+    ``data_seed``, ``input_shape``). The one place the on-disk form is built."""
+    tree = {
+        "state": {**state, "opt_state": serialization.to_state_dict(state["opt_state"])},
+        "trainable": traverse_util.unflatten_dict({k: np.asarray(v) for k, v in flat_mask.items()}),
+    }
+    return jax.device_get(tree), {"kind": KIND, "epoch": int(epoch), "history": json.loads(history.to_json()),
+                                  **metadata}
 
 
 def save(path: str | os.PathLike, state: dict, flat_mask: dict, epoch: int, history: History,
-         fingerprint: str | None = None, data_seed: int | None = None):
+         fingerprint: str | None = None, data_seed: int | None = None, input_shape=None):
     """Write the checkpoint directory ``path`` atomically and return its absolute path.
 
     ``data_seed``: the seed of the training data's order and augmentation keys, so that a resumed
     ``fit`` can tell whether it sees the uninterrupted run's batches (with the epoch number, the
     data pipeline's position)."""
-    tree = {
-        "state": {**state, "opt_state": serialization.to_state_dict(state["opt_state"])},
-        "trainable": traverse_util.unflatten_dict({k: np.asarray(v) for k, v in flat_mask.items()}),
-    }
-    metadata = {"kind": KIND, "epoch": int(epoch), "history": json.loads(history.to_json()),
-                "fingerprint": fingerprint, "data_seed": data_seed}
-    return store.save(jax.device_get(tree), path, metadata=metadata)
+    tree, metadata = contents(state, flat_mask, epoch, history, fingerprint=fingerprint, data_seed=data_seed,
+                              input_shape=input_shape)
+    return store.save(tree, path, metadata=metadata)
 
 
 def load(path: str | os.PathLike) -> dict:
@@ -71,6 +84,7 @@ def load(path: str | os.PathLike) -> dict:
         "fingerprint": fingerprint,
         "data_seed": data_seed,
         "input_shape": tuple(metadata["input_shape"]) if metadata.get("input_shape") else None,
+        "data_state": metadata.get("data_state"),  # where fit was in its data (see Trainer.save)
     }
 
 

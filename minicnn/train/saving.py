@@ -33,9 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import flax.linen as nn
-import jax
 import numpy as np
-from flax import serialization, traverse_util
 
 from minicnn import inspector, layers as L
 from minicnn.train import checkpoint
@@ -173,8 +171,11 @@ def compile_config(loss, optimizer, optimizer_kwargs, metrics, from_logits: bool
             "metrics": list(metrics) if all(isinstance(m, str) for m in metrics) else None}
 
 
-def check_path(path) -> Path:
-    """``path`` as a Path; a model or a Keras file name (``x.h5``, ``x.keras``) is refused, naming what to do."""
+def check_path(path) -> Path | store.Manager:
+    """``path`` as a Path (or the :class:`~minicnn.weights.store.Manager` given); a model or a Keras
+    file name (``x.h5``, ``x.keras``) is refused, naming what to do."""
+    if isinstance(path, store.Manager):
+        return path
     if isinstance(path, nn.Module):
         raise TypeError("Trainer.save(path): got a model; pass the directory to write")
     path = Path(path)
@@ -186,24 +187,26 @@ def check_path(path) -> Path:
     return path
 
 
-def save(path: str | os.PathLike, model: nn.Module, state: Mapping, flat_mask: Mapping, epoch: int, history,
-         compile: Mapping, fingerprint: str | None = None, data_seed: int | None = None,
-         input_shape: tuple[int, ...] | None = None) -> Path:
+def save(path: str | os.PathLike | store.Manager, model: nn.Module, state: Mapping, flat_mask: Mapping,
+         epoch: int, history, compile: Mapping, fingerprint: str | None = None, data_seed: int | None = None,
+         input_shape: tuple[int, ...] | None = None, data_state: dict | None = None) -> Path:
     """Write the directory ``path`` atomically and return its absolute path: ``model``'s architecture
     (when it is minicnn's), the train ``state``, the mask, ``epoch``, ``history`` and the
-    :func:`compile_config`. The arrays and the other metadata are :func:`minicnn.train.checkpoint.save`'s,
-    so ``Trainer.restore(path, model)`` and older readers read it too."""
+    :func:`compile_config`; given a :class:`~minicnn.weights.store.Manager`, as its step ``epoch``.
+    The arrays and the other metadata are :func:`minicnn.train.checkpoint.contents`', so
+    ``Trainer.restore(path, model)`` and older readers read it too."""
     path = check_path(path)
     try:
         architecture, unsavable = model_config(model), None
     except UnsavableModel as e:
         architecture, unsavable = None, str(e)
-    tree = {"state": {**state, "opt_state": serialization.to_state_dict(state["opt_state"])},
-            "trainable": traverse_util.unflatten_dict({k: np.asarray(v) for k, v in flat_mask.items()})}
-    metadata = {"kind": checkpoint.KIND, "epoch": int(epoch), "history": json.loads(history.to_json()),
-                "fingerprint": fingerprint, "data_seed": data_seed, "input_shape": input_shape,
-                "model": architecture, "unsavable": unsavable, "compile": dict(compile)}
-    return store.save(jax.device_get(tree), path, metadata=metadata)
+    tree, metadata = checkpoint.contents(state, flat_mask, epoch, history, fingerprint=fingerprint,
+                                         data_seed=data_seed, input_shape=input_shape, data_state=data_state,
+                                         model=architecture, unsavable=unsavable, compile=dict(compile))
+    if isinstance(path, store.Manager):
+        values = history.history.get(path.monitor) if path.monitor else None
+        return path.save(int(epoch), tree, metadata, metric=values[-1] if values else None)
+    return store.save(tree, path, metadata=metadata)
 
 
 # ------------------------------------------------------------------ load

@@ -167,13 +167,35 @@ class ModelCheckpoint(_Monitor):
 
     ``save_best_only`` saves only when ``monitor`` improves. A non-finite ``loss`` is never saved,
     so the last good checkpoint survives a divergence.
+
+    Not in Keras: ``max_to_keep`` (keep the latest N) and/or ``keep_best`` (keep the k best by
+    ``monitor``/``mode``) make ``filepath`` a directory of numbered steps (step = epoch, 1-based) kept
+    by orbax's CheckpointManager (:class:`minicnn.weights.store.Manager`; orbax's names); it then
+    takes no ``{...}`` fields. ``async_save`` (default) writes in the background while training goes
+    on, from a copy taken at the save; the next save and the end of training wait for it. Load a step
+    with ``minicnn.load_model(filepath)`` (latest), ``step=`` or ``best=True``.
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, mode="auto",
-                 initial_value_threshold=None):
+                 initial_value_threshold=None, max_to_keep=None, keep_best=None, async_save=True):
         super().__init__(monitor, mode, 0.0)
         self.filepath, self.verbose, self.save_best_only = str(filepath), verbose, save_best_only
         self.best = initial_value_threshold
+        self.max_to_keep, self.keep_best, self.async_save, self.manager = max_to_keep, keep_best, async_save, None
+        if (max_to_keep is not None or keep_best is not None) and "{" in self.filepath:
+            raise ValueError(f"ModelCheckpoint({self.filepath!r}, max_to_keep=, keep_best=): the path is the "
+                             f"directory of numbered steps (one per epoch) and takes no {{...}} fields")
+
+    def on_train_begin(self, logs=None):
+        if self.max_to_keep is not None or self.keep_best is not None:
+            from minicnn.weights.store import Manager
+            self.manager = Manager(self.filepath, max_to_keep=self.max_to_keep, keep_best=self.keep_best,
+                                   monitor=self.monitor, mode=self.mode, async_save=self.async_save)
+
+    def on_train_end(self, logs=None):
+        if self.manager is not None:
+            self.manager.close()
+            self.manager = None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -185,6 +207,8 @@ class ModelCheckpoint(_Monitor):
         if not math.isfinite(logs.get("loss", 0.0)):
             warnings.warn(f"Epoch {epoch + 1}: loss is {logs['loss']}; not saving {path}", stacklevel=2)
             return
+        if self.keep_best is not None:
+            self._current(logs)  # the metric steps are ranked by: missing is an error
         if self.save_best_only:
             current = self._current(logs)
             if not self._is_improvement(current, self.best):
@@ -197,7 +221,7 @@ class ModelCheckpoint(_Monitor):
             self.best = current
         elif self.verbose:
             print(f"\nEpoch {epoch + 1}: saving model to {path}")
-        self.trainer.save(path)
+        self.trainer.save(self.manager or path)
 
 
 class LearningRateScheduler(Callback):

@@ -556,7 +556,7 @@ class Trainer:
         return history
 
     def load(self, directory: str | os.PathLike, *, fingerprint: str | None = None,
-             input_shape: Sequence[int] | None = None) -> "Trainer":
+             input_shape: Sequence[int] | None = None, step: int | None = None, best: bool = False) -> "Trainer":
         """Replace this trainer's state, mask, epoch and history with the checkpoint's; continue
         with ``fit(..., initial_epoch=trainer.epoch)``.
 
@@ -564,9 +564,12 @@ class Trainer:
         trainer, else of ``model.init`` on one input of ``input_shape`` (default the model's own
         ``input_shape``, else the one the checkpoint was trained on); only a checkpoint written before
         minicnn recorded that, loaded into an unbuilt trainer of a model without one, is not checked.
+        A directory of numbered steps (``ModelCheckpoint(max_to_keep=/keep_best=)``) loads its latest
+        step, step ``step``, or with ``best=True`` the step with the best monitored value.
         """
         if isinstance(directory, nn.Module):
             raise TypeError("Trainer.load(directory): got a model; pass the checkpoint's path")
+        directory = checkpoint.resolve(directory, step, best)
         ckpt = checkpoint.load(directory)
         checkpoint.check_fingerprint(directory, ckpt["fingerprint"], fingerprint)
         input_shape = input_shape or getattr(self.model, "input_shape", None) or ckpt["input_shape"]
@@ -587,14 +590,14 @@ class Trainer:
     @classmethod
     def restore(cls, directory: str | os.PathLike, model: nn.Module | None = None, loss=None, optimizer=None,
                 metrics=None, *, fingerprint: str | None = None, input_shape: Sequence[int] | None = None,
-                **kwargs) -> "Trainer":
+                step: int | None = None, best: bool = False, **kwargs) -> "Trainer":
         """A trainer with the model saved in ``directory`` loaded (see :func:`load_model`).
 
         model: None rebuilds it from the saved architecture; given, it must have the saved variables.
         loss/optimizer/metrics (and ``optimizer_kwargs``, ``from_logits``): None takes the saved ones
         (those that were names), else the Trainer's defaults. ``directory`` may also be a Keras 3
-        ``.keras`` file, or a ``.weights.h5`` with ``model``. ``fingerprint`` and ``input_shape`` as
-        in :meth:`load`."""
+        ``.keras`` file, or a ``.weights.h5`` with ``model``. ``fingerprint``, ``input_shape``, ``step``
+        and ``best`` as in :meth:`load`."""
         if isinstance(directory, nn.Module) or isinstance(model, (str, os.PathLike)):
             raise TypeError("Trainer.restore(path, model): the path comes first; got "
                             f"({type(directory).__name__}, {type(model).__name__})")
@@ -603,6 +606,7 @@ class Trainer:
         if saving.is_keras_file(directory):
             model, saved, variables = saving.read_keras(directory, model)
             return cls(model, **{**saved, **given, "variables": variables})
+        directory = checkpoint.resolve(directory, step, best)
         model, saved = saving.read_saved(directory, model)
         return cls(model, **{**saved, **given}).load(directory, fingerprint=fingerprint, input_shape=input_shape)
 

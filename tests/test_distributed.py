@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_all(procs, timeout: float) -> None:
+    """Wait for every worker; the first to fail, or the timeout, ends the others (a worker whose peer is
+    gone would wait in a collective until JAX's heartbeat timeout), so nothing hangs the suite."""
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs) and not any(p.returncode for p in procs):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The 2-process run (in subprocesses) and the single-process reference (here, meanwhile)."""
@@ -94,20 +109,22 @@ def runs(tmp_path_factory):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.test_distributed", str(i), str(port), str(folder), str(out)],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    logs = [(out / f"stdout-p{i}.txt", out / f"stderr-p{i}.txt") for i in range(2)]  # files: a full pipe cannot block
+    procs = []
     try:
+        for i, (stdout, stderr) in enumerate(logs):
+            with stdout.open("w") as o, stderr.open("w") as e:
+                procs.append(subprocess.Popen([sys.executable, "-m", "tests.test_distributed", str(i), str(port),
+                                               str(folder), str(out)], cwd=ROOT, env=env, stdout=o, stderr=e))
         trainer, history, val = train(folder)
         reference = {"params": [np.asarray(a) for a in jax.tree.leaves(trainer.variables["params"])],
                      "history": history.history, "predict": trainer.predict(val)}
-        outputs = [p.communicate(timeout=300) for p in procs]  # a stuck collective fails here, never hangs
     finally:
-        for p in procs:
-            p.kill()
-    for p, (stdout, stderr) in zip(procs, outputs):
-        assert p.returncode == 0, f"worker failed ({p.returncode}):\n{stdout[-2000:]}\n{stderr[-4000:]}"
-    return reference, out, [stdout for stdout, _ in outputs]
+        wait_all(procs, timeout=300)
+    stdouts = [stdout.read_text() for stdout, _ in logs]
+    for p, text, (_, stderr) in zip(procs, stdouts, logs):
+        assert p.returncode == 0, f"worker failed ({p.returncode}):\n{text[-2000:]}\n{stderr.read_text()[-4000:]}"
+    return reference, out, stdouts
 
 
 def test_two_processes_train_as_one(runs):

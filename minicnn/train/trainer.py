@@ -14,9 +14,16 @@ a new optimizer state for the new partition.
 Batches. ``fit`` takes any re-iterable of ``(x, y)`` batches (a minicnn dataset's ``epoch(n)`` for
 epoch ``n``, so resuming at ``initial_epoch`` is exact; otherwise one ``iter()`` per epoch; with
 ``steps_per_epoch`` one iterator is kept across epochs and restarted when it runs out) or arrays
-``fit(x, y, batch_size=32)`` (shuffled each epoch from ``seed``, like Keras). A smaller last training
-batch is padded to the first batch's size with rows that weigh 0 in the loss, metrics and gradients,
-so one program serves the epoch (unless a BatchNormalization layer trains: padding would change its
+``fit(x, y, batch_size=32)`` (shuffled each epoch from ``seed``, like Keras). A grain pipeline
+(``grain.MapDataset``/``IterDataset``/``DataLoader`` of ``(x, y)`` batches) is such a re-iterable: an
+epoch is one ``iter()`` pass, as Keras iterates a grain or tf.data dataset. Integer images (uint8)
+are cast to float32 on the device, as a Keras model casts inputs to its ``Input`` dtype. A checkpoint
+written during ``fit`` records where fit is in its data (epoch, batch, the iterator's ``get_state()``
+when it has one, the epoch's running log sums), so ``fit(initial_epoch=trainer.epoch)`` after
+:meth:`Trainer.load` continues mid-epoch exactly: from the iterator's state (grain), else by skipping
+the batches done (exact for a minicnn dataset, whose epochs are pure functions of the seed).
+A smaller last training batch is padded to the first batch's size with rows that weigh 0 in the loss,
+metrics and gradients, so one program serves the epoch (unless a BatchNormalization layer trains: padding would change its
 batch statistics, so that batch is a second shape, compiled once). ``evaluate`` and ``predict`` pad the
 last batch to the first batch's size and mask the padding out, so they compile once.
 """
@@ -36,6 +43,7 @@ import optax
 from flax import traverse_util
 
 from minicnn import inspector, masks, ops, parallel
+from minicnn.data.grain_pipeline import get_iterator_state, set_iterator_state
 from minicnn.train import checkpoint, losses as losses_lib, metrics as metrics_lib, optimizers
 from minicnn.train import saving
 from minicnn.train.callbacks import Callback, CallbackList, ProgbarLogger
@@ -148,6 +156,26 @@ def _epoch_batches(data, epoch: int):
     return iter(epoch_fn(epoch)) if callable(epoch_fn) else iter(data)
 
 
+def _float_images(x):
+    """Integer images (uint8 batches of a grain pipeline) as float32, cast on the device; other
+    arrays as they are."""
+    return x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.integer) else x
+
+
+def _resume_epoch(iterator, saved: dict) -> tuple[int, dict, int]:
+    """Move a fresh epoch ``iterator`` to a checkpoint's data position (``Trainer._data_state``): its
+    recorded state (grain), else past the ``step`` batches done. Returns ``(step, log sums, count)``."""
+    if saved["iterator"] is not None:
+        set_iterator_state(iterator, saved["iterator"])
+    else:
+        for done in range(saved["step"]):
+            if next(iterator, None) is None:
+                raise ValueError(f"fit: the checkpoint was written after batch {saved['step']} of epoch "
+                                 f"{saved['epoch']}, but this data has only {done} batches in that epoch")
+    sums = {k: np.asarray(v["value"], v["dtype"]) for k, v in saved["sums"].items()}
+    return saved["step"], sums, saved["count"]
+
+
 def _copy(tree):
     """Fresh device buffers, so donating the train state never deletes the caller's arrays."""
     return jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), tree)
@@ -217,6 +245,8 @@ class Trainer:
         self._data_seed = None  # the seed of the data fit last trained on (kept in checkpoints)
         self._input_shape = None  # (H, W, C) the model was built for (kept in checkpoints: load checks the model)
         self._ending_epoch = None  # (epoch, logs) while on_epoch_end callbacks run
+        self._data_position = None  # (epoch, batches done, iterator, log sums, samples) during fit: see save
+        self._resume_from = None  # a loaded checkpoint's data_state, for the next fit
         self._predict_step = ops.jit(lambda variables, x: model.apply(variables, x, train=False))
         self._eval_step = ops.jit(make_eval_step(model, self.loss_fn, self.metric_fns))
         self._output_widths: dict = {}  # input shape (H, W, C) -> width of the model's last axis
@@ -232,7 +262,8 @@ class Trainer:
         init_key, dropout_key, step_key = jax.random.split(jax.random.PRNGKey(seed), 3)
         if self._initial_variables is None:
             # minicnn.init: pretrained submodules (VGG16(weights="imagenet")) get their weights, the rest is fresh
-            variables = init(self.model, {"params": init_key, "dropout": dropout_key}, jnp.asarray(x), train=False)
+            variables = init(self.model, {"params": init_key, "dropout": dropout_key}, _float_images(jnp.asarray(x)),
+                             train=False)
         else:
             variables = self._initial_variables
         self.state = init_state(_copy(dict(variables)), optax.identity(), step_key)  # set_trainable: opt_state
@@ -357,8 +388,10 @@ class Trainer:
         """Device arrays for a batch: whole on the default device, or split over ``mesh``
         (padded with zero rows up to a multiple of the device count when ``pad``)."""
         if self.mesh is None:
-            return tuple(jnp.asarray(a) for a in arrays)
-        return parallel.shard_batch(tuple(np.asarray(a) for a in arrays), self.mesh, pad=pad)[0]
+            placed = tuple(jnp.asarray(a) for a in arrays)
+        else:
+            placed = parallel.shard_batch(tuple(np.asarray(a) for a in arrays), self.mesh, pad=pad)[0]
+        return (_float_images(placed[0]), *placed[1:])
 
     def fit(self, x, y=None, *, batch_size: int | None = None, epochs: int = 1, validation_data=None,
             validation_split: float = 0.0, class_weight: dict | None = None, sample_weight=None,
@@ -395,6 +428,8 @@ class Trainer:
         if class_weight is not None and arrays is not None:
             arrays = (*arrays, class_weight_to_sample_weight(arrays[1], class_weight))
         data_seed = seed if arrays is not None else getattr(x, "seed", None)
+        if not isinstance(data_seed, (int, type(None))):  # grain datasets have a seed() method
+            data_seed = None
         if initial_epoch > 0 and None not in (self._data_seed, data_seed) and data_seed != self._data_seed:
             warnings.warn(f"fit(initial_epoch={initial_epoch}): the training data's seed is {data_seed}, the "
                           f"checkpoint's run used {self._data_seed}: the resumed run sees other batches than "
@@ -412,7 +447,7 @@ class Trainer:
         cb = CallbackList(cbs)
         cb.set_trainer(self)
         self.stop_training = False
-        iterator = None
+        iterator, resume = None, self._take_resume_from(initial_epoch)
         size = None  # the first batch's size: shorter batches are padded to it (_train_batch)
         cb.on_train_begin()
         for epoch in range(initial_epoch, epochs):
@@ -424,6 +459,9 @@ class Trainer:
                 iterator = _epoch_batches(data, epoch)
             cb.on_epoch_begin(epoch)
             sums, count, batch = {}, 0, 0
+            if resume is not None:  # a checkpoint written mid-epoch: continue at its batch
+                batch, sums, count = _resume_epoch(iterator, resume)
+                resume = None
             while steps_per_epoch is None or batch < steps_per_epoch:
                 try:
                     xb, yb, *wb = next(iterator)
@@ -448,6 +486,7 @@ class Trainer:
                 n = len(xb)
                 sums = {k: sums.get(k, 0.0) + v * n for k, v in logs.items()}
                 count += n
+                self._data_position = (epoch, batch + 1, iterator, sums, count)
                 cb.on_batch_end(batch, self._results({k: s / count for k, s in sums.items()}))
                 batch += 1
                 if self.stop_training:
@@ -461,10 +500,13 @@ class Trainer:
                 epoch_logs.update({f"val_{k}": v for k, v in val.items()})
             self.epoch = epoch + 1
             self._ending_epoch = (epoch, epoch_logs)  # History records it last: a checkpoint saved now needs it
+            # the next epoch starts afresh; only an iterator kept across epochs (steps_per_epoch) goes on
+            self._data_position = (epoch + 1, 0, None if steps_per_epoch is None else iterator, {}, 0)
             cb.on_epoch_end(epoch, epoch_logs)
             self._ending_epoch = None
             if self.stop_training:
                 break
+        self._data_position = None  # no reference to the iterator (and grain's worker processes) after fit
         cb.on_train_end()
         return self.history
 
@@ -534,17 +576,35 @@ class Trainer:
         directory ``directory`` (atomically, checksummed; only over a minicnn checkpoint or an empty
         directory), for :func:`load_model`. A Keras file name (``x.h5``, ``x.keras``) is refused: this
         is not a Keras file. ``fingerprint``: any string naming the model, checked by :meth:`load`
-        when it is given one too."""
-        if jax.process_count() > 1:  # only process 0 saves (CallbackList); orbax's save would wait for the others
-            raise NotImplementedError(f"Trainer.save in process {jax.process_index()} of "
-                                      f"{jax.process_count()} (jax.distributed): the checkpoint store waits for every "
-                                      f"process while only process 0 saves, so it would hang; see docs/SCALING.md")
+        when it is given one too. Saved during ``fit`` (a callback), it records fit's data position
+        too (module docstring), so a resume from it is exact mid-epoch."""
         saving.check_path(directory)
         self._require_built("save")
         loss, metrics, from_logits = self._compile
         compile_config = saving.compile_config(loss, *self._optimizer, metrics, from_logits)
         return saving.save(directory, self.model, self.state, self._flat_mask, self.epoch, self._history_so_far(),
-                           compile_config, fingerprint, self._data_seed, self._input_shape)
+                           compile_config, fingerprint, self._data_seed, self._input_shape, self._data_state())
+
+    def _data_state(self) -> dict | None:
+        """JSON of where ``fit`` is in its data: ``epoch``, ``step`` (batches done in it), ``iterator``
+        (grain's ``get_state()``, or None), the epoch's log ``sums`` and sample ``count``; None outside fit."""
+        if self._data_position is None:
+            return None
+        epoch, step, iterator, sums, count = self._data_position
+        sums = {k: {"dtype": str(np.asarray(v).dtype), "value": np.asarray(v).tolist()} for k, v in sums.items()}
+        return {"epoch": epoch, "step": step, "iterator": None if iterator is None else get_iterator_state(iterator),
+                "sums": sums, "count": count}
+
+    def _take_resume_from(self, initial_epoch: int) -> dict | None:
+        """The loaded checkpoint's data position if ``fit`` starts in its epoch (consumed: used once)."""
+        resume, self._resume_from = self._resume_from, None
+        if resume is None or resume["epoch"] == initial_epoch:
+            return resume
+        if resume["step"] > 0:
+            warnings.warn(f"fit(initial_epoch={initial_epoch}): the checkpoint was written after batch "
+                          f"{resume['step']} of epoch {resume['epoch']}; epoch {initial_epoch} starts from its first "
+                          f"batch (pass initial_epoch=trainer.epoch to continue where it stopped)", stacklevel=3)
+        return None
 
     def _history_so_far(self) -> History:
         """The history including the epoch whose end callbacks are running (Keras' CallbackList calls
@@ -584,6 +644,7 @@ class Trainer:
         self.state["opt_state"] = self._placed(
             _copy(checkpoint.restore_opt_state(self.state["opt_state"], saved["opt_state"])))
         self.epoch, self.history, self._data_seed = ckpt["epoch"], ckpt["history"], ckpt["data_seed"]
+        self._resume_from = ckpt["data_state"]
         self._input_shape = ckpt["input_shape"] or self._input_shape
         return self
 

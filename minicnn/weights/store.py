@@ -178,6 +178,21 @@ def _backup(path: Path) -> Path:
     return path.with_name(path.name + ".previous")
 
 
+def _this_process_only(ocp):
+    """orbax's options for a save or load by this process alone: the tree is host NumPy, so in a
+    multi-process run (jax.distributed) the one process that writes (process 0) needs no barrier
+    with the others, which would otherwise wait for it forever."""
+    import jax
+    return ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                              active_processes={jax.process_index()})
+
+
+def _checkpointer(ocp):
+    """A PyTree checkpointer for this process alone (see :func:`_this_process_only`)."""
+    local = _this_process_only(ocp)
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=local), multiprocessing_options=local)
+
+
 def save(variables: Mapping, path: str | os.PathLike, metadata: Mapping | None = None) -> Path:
     """Write ``variables`` (nested dicts of arrays, ints, floats) to the directory ``path``, with
     ``metadata`` (JSON-serialisable) in its marker file.
@@ -196,7 +211,7 @@ def save(variables: Mapping, path: str | os.PathLike, metadata: Mapping | None =
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        with ocp.PyTreeCheckpointer() as ckpt:
+        with _checkpointer(ocp) as ckpt:
             ckpt.save(tmp, tree)
         seal(tmp, tree, metadata)
         if os.path.lexists(path):
@@ -250,7 +265,7 @@ def load(path: str | os.PathLike) -> dict:
             raise ValueError(f"checkpoint {path} is damaged: {MARKER} names the folder {marker['item']!r}")
         _verify(path, marker)
     tree_dir = path / ITEM if marker is not None and marker.get("item") else path
-    with ocp.PyTreeCheckpointer() as ckpt:
+    with _checkpointer(ocp) as ckpt:
         meta = ckpt.metadata(tree_dir)
         tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
         restored = ckpt.restore(tree_dir, restore_args=_restore_args(tree))
@@ -383,7 +398,8 @@ class Manager:
             ([policies.BestN(get_metric_fn=self._rank, reverse=mode == "min", n=keep_best)] if keep_best else [])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(kept) if kept else policies.PreserveAll(),
-            best_fn=self._rank if keep_best else None, best_mode=mode, create=False, save_root_metadata=False)
+            best_fn=self._rank if keep_best else None, best_mode=mode, create=False, save_root_metadata=False,
+            multiprocessing_options=_this_process_only(ocp))
         self._args = ocp.args
         self._orbax = ocp.CheckpointManager(self.root, options=options, item_names=(ITEM,))
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="minicnn-checkpoint")

@@ -1,4 +1,4 @@
-"""Filter patterns by gradient ascent: they work, batching filters changes nothing, regularisers are right."""
+"""Filter patterns by gradient ascent: they work, vmapping changes nothing, regularisers are right."""
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +70,7 @@ def test_gabor_filter_pattern_is_a_grating_of_its_orientation(setup):
 
 @pytest.mark.parametrize("preset, steps, transforms", [
     ("book", 40, None), ("lucid", 2, (jitter(4),))])  # random crops: each filter's own key
-def test_batched_equals_one_call_per_filter(setup, preset, steps, transforms):
+def test_vmapped_equals_per_filter_loop(setup, preset, steps, transforms):
     model, variables = setup
     key = jax.random.key(2)
     kw = dict(size=SIZE, key=key, preset=preset, steps=steps, transforms=transforms)
@@ -79,10 +79,10 @@ def test_batched_equals_one_call_per_filter(setup, preset, steps, transforms):
     np.testing.assert_allclose(together, one_by_one, rtol=1e-5, atol=1e-3)
 
 
-def test_batched_equals_the_lectures_per_filter_loop(setup):
-    """The batch's summed objective gives each image its own filter's gradient: the result is the
-    lecture's loop (one image, the layer's full output sliced to the filter, ``g / (rms(g) + 1e-5)``
-    steps), written out here, within float reassociation (pixels ~128: 1e-3 absolute)."""
+def test_vmapped_equals_the_lectures_per_filter_loop(setup):
+    """All filters in one program (vmap, a one-channel cut layer) give the lecture's loop written out
+    here (one image, the layer's full output sliced to the filter, ``g / (rms(g) + 1e-5)`` steps),
+    within float reassociation (pixels ~128: 1e-3 absolute)."""
     model, variables = setup
     key, filters = jax.random.key(3), [1, 4, 6]
 

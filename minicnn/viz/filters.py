@@ -1,14 +1,14 @@
 """Filter patterns: the input each filter responds to most, found by gradient ascent in input space.
 
-All requested filters are optimised together by one jitted program, a ``lax.scan`` over steps
-of a batch of F images, image i ascending filter ``filters[i]``. The objective is the sum over the
-batch of each image's own filter's mean activation: no term depends on another image, so each
-image's gradient is exactly its own filter's (up to float reassociation), while the forward pass,
-cut at the requested layer, is one ordinary batched convolution per layer. (``vmap`` over filters
-of a one-image program turned that into a grouped convolution, no faster than a Python loop over
-filters; measured in benchmarks/NOTES.md.) The optimiser runs per image (``vmap``), so a
-normalisation such as the lecture's ``g / rms(g)`` sees one image, as in the per-filter loop.
-Two presets:
+All requested filters are optimised by one jitted program, ``vmap`` across filters of a
+``lax.scan`` over steps. The forward pass is cut at the requested layer, and a Conv2D/Dense layer
+computes only the optimised filter's channel (its sliced kernel), so filter f's forward and
+backward skip the layer's other filters: for a first conv layer that is most of the work. Under
+vmap that is a grouped convolution, which :func:`minicnn.ops.jit` keeps on XLA's Eigen kernels
+(4.5x faster than YNNPACK's on CPU, measured); the layers before it see unbatched weights, so vmap
+makes each of them one ordinary batched convolution over the filters' images. (Measured: 1.2-3.2x
+faster than one batched program that computes the whole cut layer and reads image i's channel i;
+benchmarks/NOTES.md, issue 16.) Two presets:
 
 - ``"book"``: Chollet's lecture recipe. Start from grey noise ``uniform * 20 + 128``, 40 steps of
   ``x += step_size * g / rms(g)``, the model fed the raw pixels.
@@ -155,39 +155,33 @@ PRESETS = {
 
 # --- the program --------------------------------------------------------------------------------
 
-def _transformed(transforms, key, x):
-    """``x`` (H, W, C) through every transform, each with its own key from ``key``."""
-    for t, k in zip(transforms, jax.random.split(key, max(len(transforms), 1))):
-        x = t(k, x)
-    return x
-
-
 @partial(ops.jit, static_argnames=("model", "path", "size", "steps", "param", "optimizer", "step_size",
                                    "transforms", "penalties", "preprocess"))
 def _ascend(model, variables, filters, key, *, path, size, steps, param, optimizer, step_size,
             transforms, penalties, preprocess):
-    """filters: (F,) int32 channel indices. Returns (F, size, size, 3): image i maximises filter i."""
     tx = optimizer(step_size)
-    keys = jax.vmap(lambda f: jax.random.split(jax.random.fold_in(key, f)))(filters)  # (F, 2)
-    render = param(keys[0, 0], size)[1]  # the renderer does not depend on the key
-    p = jax.vmap(lambda k: param(k, size)[0])(keys[:, 0])
-    step_keys = jax.vmap(lambda k: jax.random.split(k, steps))(keys[:, 1]).swapaxes(0, 1)  # (steps, F)
 
-    def loss(p, k):
-        images = jax.vmap(render)(p)
-        x = jax.vmap(partial(_transformed, transforms))(k, images)
-        a = inspector.forward_to(model, variables, preprocess(x), path)  # (F, ..., channels)
-        a = jnp.take_along_axis(a, filters.reshape(-1, *(1,) * (a.ndim - 1)), axis=-1)
-        objective = a.mean(axis=tuple(range(1, a.ndim))) - sum(jax.vmap(pen)(images) for pen in penalties)
-        return -objective.sum()  # image i's gradient is that of its own term only
+    def one(f):
+        k_init, k_steps = jax.random.split(jax.random.fold_in(key, f))
+        p, render = param(k_init, size)
 
-    def step(carry, k):
-        p, state = carry
-        updates, state = jax.vmap(tx.update)(jax.grad(loss)(p, k), state, p)
-        return (optax.apply_updates(p, updates), state), None
+        def loss(p, k):
+            image = x = render(p)
+            for t, kt in zip(transforms, jax.random.split(k, max(len(transforms), 1))):
+                x = t(kt, x)
+            a = inspector.forward_to(model, variables, preprocess(x[None]), path, channel=f)
+            return -jnp.mean(a) + sum(pen(image) for pen in penalties)
 
-    (p, _), _ = jax.lax.scan(step, (p, jax.vmap(tx.init)(p)), step_keys)
-    return jax.vmap(render)(p)
+        def step(carry, k):
+            p, state = carry
+            g = jax.grad(loss)(p, k)
+            updates, state = tx.update(g, state, p)
+            return (optax.apply_updates(p, updates), state), None
+
+        (p, _), _ = jax.lax.scan(step, (p, tx.init(p)), jax.random.split(k_steps, steps))
+        return render(p)
+
+    return jax.vmap(one)(filters)
 
 
 def _identity(x):
@@ -203,8 +197,8 @@ def filter_patterns(model: nn.Module, variables: Mapping, layer: str, filters=No
     layer: a layer path or suffix (``"block3_conv1"``); filters: channel indices (default all);
     ``steps``, ``step_size`` and ``transforms`` default to the preset's; ``key`` seeds the start
     image of filter f with ``fold_in(key, f)``, so a filter's pattern does not depend on which
-    other filters are asked for. ``preprocess`` maps the (F, size, size, 3) pixel images to the
-    model's input, each image on its own (default: none, as in the lecture). Returns (F, size, size, 3) float32 pixel
+    other filters are asked for. ``preprocess`` maps the (1, size, size, 3) pixel image to the
+    model's input (default: none, as in the lecture). Returns (F, size, size, 3) float32 pixel
     images; :func:`deprocess_image` makes them viewable.
     """
     if preset not in PRESETS:

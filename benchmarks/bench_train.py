@@ -6,8 +6,11 @@ channels_last), one process, one run, the contenders taking turns so load hits t
 
 Each contender is timed the way a training loop calls it, reading the loss back every step:
 ``Trainer.train_on_batch``, Keras' ``train_on_batch`` and a PyTorch step ending in ``loss.item()``.
-One more row, ``minicnn:step``, times minicnn's jitted step alone (no Python wrapper), to show
-the wrapper's share.
+Two more rows: ``minicnn:step`` times minicnn's jitted step alone (no Python wrapper), to show
+the wrapper's share, and ``minicnn:xla-pool-grad`` the same step with max pooling differentiated by
+jax (XLA's select-and-scatter, the step before issue 16), the before/after ratio of that change.
+The chapter's VGG16 train steps (all trainable, block5 + head, base frozen) are
+``benchmarks/bench_transfer.py``'s rows.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import row, time_interleaved  # noqa: E402
+from benchmarks.common import load_average, row, time_interleaved  # noqa: E402
+from minicnn import ops  # noqa: E402
+from minicnn.layers import MaxPooling2D, Sequential  # noqa: E402
 from minicnn.models import small_convnet  # noqa: E402
 from minicnn.train import Trainer  # noqa: E402
 
@@ -39,8 +44,20 @@ def flops(size: int, batch: int) -> float:
     return 3.0 * total * batch
 
 
-def minicnn_steps(x, y):
-    t = Trainer(small_convnet(x.shape[1:]), "binary_crossentropy", "rmsprop",
+class XlaGradMaxPooling2D(MaxPooling2D):
+    """MaxPooling2D differentiated by jax through ``lax.reduce_window`` (XLA's select-and-scatter)."""
+    pool = staticmethod(ops.max_pool2d)
+
+
+def with_xla_pool_grad(model: Sequential) -> Sequential:
+    """``model`` with each MaxPooling2D replaced by :class:`XlaGradMaxPooling2D` (same values)."""
+    return Sequential([XlaGradMaxPooling2D(p.pool_size, p.strides, p.padding) if isinstance(p, MaxPooling2D) else p
+                       for p in model.layers], input_shape=model.input_shape)
+
+
+def minicnn_steps(x, y, xla_pool_grad: bool = False):
+    model = small_convnet(x.shape[1:])
+    t = Trainer(with_xla_pool_grad(model) if xla_pool_grad else model, "binary_crossentropy", "rmsprop",
                 optimizer_kwargs={"learning_rate": 1e-4})
     t.build(x)
     xj, yj = jax.device_put(x), jax.device_put(y)
@@ -103,7 +120,8 @@ def run(quick: bool = False) -> list[dict]:
     x = r.random((batch, size, size, 3), np.float32)
     y = (r.random(batch) > 0.5).astype(np.float32)
     on_batch, jitted = minicnn_steps(x, y)
-    fns = {"minicnn": on_batch, "minicnn:step": jitted}
+    fns = {"minicnn": on_batch, "minicnn:step": jitted,
+           "minicnn:xla-pool-grad": minicnn_steps(x, y, xla_pool_grad=True)[1]}
     try:
         fns["keras"] = keras_step(x, y)
     except ImportError:
@@ -123,10 +141,12 @@ def run(quick: bool = False) -> list[dict]:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    before = load_average()
     rows = run(p.parse_args().quick)
-    print(f"{'implementation':<16}{'ms/step':>10}{'images/s':>10}{'GFLOP/s':>9}{'x minicnn':>11}")
+    print(f"load average before {before}, after {load_average()}")
+    print(f"{'implementation':<24}{'ms/step':>10}{'images/s':>10}{'GFLOP/s':>9}{'x minicnn':>11}")
     for r_ in rows:
-        print(f"{r_['impl']:<16}{1000 * r_['seconds']:>10.1f}{r_['items_per_s']:>10.1f}"
+        print(f"{r_['impl']:<24}{1000 * r_['seconds']:>10.1f}{r_['items_per_s']:>10.1f}"
               f"{r_['gflops_per_s']:>9.1f}{r_['ratio_to_minicnn']:>11.2f}")
 
 

@@ -1,10 +1,14 @@
-"""Visualisation speed: filter patterns vmapped vs per-filter loops (minicnn and the lecture's Keras
-loop), and batched Grad-CAM vs one plain forward+backward pass.
+"""Visualisation speed: the lecture's filter-pattern grid (VGG16, 4 layers x 64 filters, 40 steps,
+64 px) as one minicnn call for all filters (one vmapped program), minicnn one filter per call, and
+the lecture's per-filter loop in Keras 3 on JAX; batched Grad-CAM vs one plain forward+backward pass.
 
     python benchmarks/bench_viz.py [--quick]
 
 Weights are random (speed does not depend on them, and nothing is downloaded). Times are wall
-clock on whatever runs this: ``seconds`` is a warm run, ``first_call_s`` the first call (compile + run).
+clock on whatever runs this, contenders interleaved per layer (``benchmarks.common.time_interleaved``,
+medians); ``first_call_s`` is the first call (compile + run). The two per-filter loops are timed on
+a sample of filters and extrapolated per filter to the whole grid (every filter does the same work;
+the rows say how many were timed).
 """
 
 from __future__ import annotations
@@ -14,15 +18,19 @@ import os
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# first calls and the Keras per-filter compile are measured cold: the lecture's loop compiles a new
+# program per filter, which a persistent cache warmed by an earlier run would hide
+os.environ.setdefault("MINICNN_COMPILATION_CACHE", "0")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.common import row, time_interleaved  # noqa: E402
 from minicnn.models import VGG16  # noqa: E402
 from minicnn.viz import filter_patterns, grad_cam  # noqa: E402
 
-LAYER = "block1_conv1"
+LECTURE_LAYERS = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1")
 
 
 def _timed(fn):
@@ -45,51 +53,87 @@ def _row(name, seconds, **extra):
     return {"name": name, "seconds": round(seconds, 3), **extra}
 
 
-def bench_filters(n_filters: int, steps: int, size: int) -> list[dict]:
-    """The lecture's recipe on VGG16 ``block1_conv1``: all filters vmapped vs a loop over filters."""
+def bench_filters(layers=LECTURE_LAYERS, n_filters: int = 64, steps: int = 40, size: int = 64,
+                  sampled: int = 2, repeats: int = 2) -> list[dict]:
+    """The lecture's grid: per layer, all ``n_filters`` in one minicnn call, interleaved with
+    ``sampled`` filters one call each (minicnn) and the lecture's per-filter loop (Keras); the loops'
+    per-filter medians are scaled to ``n_filters``. One comparison row per contender for the grid
+    (sum over layers) and one detail row per layer."""
     model = VGG16(include_top=False)
     variables = _random_variables(model, jnp.zeros((1, size, size, 3)))
+    keras_loop = _keras_lecture(size, steps)
     kw = dict(size=size, steps=steps, key=jax.random.key(1))
-    filters = list(range(n_filters))
-    first_vmap = _timed(lambda: filter_patterns(model, variables, LAYER, filters, **kw))
-    vmapped = _timed(lambda: filter_patterns(model, variables, LAYER, filters, **kw))
-    first_one = _timed(lambda: filter_patterns(model, variables, LAYER, [0], **kw))
-    loop = _timed(lambda: [filter_patterns(model, variables, LAYER, [f], **kw) for f in filters])
-    keras_loop = _keras_filter_loop(filters, steps, size)
-    tag = dict(filters=n_filters, steps=steps, size=size)
-    # workload + impl: the suite (python -m benchmarks) pivots these two into its comparison table
-    workload = f"filter patterns VGG16 {LAYER}, {n_filters} filters x {steps} steps, {size}px"
-    return [_row("filters: minicnn vmapped (warm)", vmapped, first_call_s=round(first_vmap, 3),
-                 workload=workload, impl="minicnn", **tag),
-            _row("filters: minicnn per-filter loop (warm)", loop, first_call_s=round(first_one, 3),
-                 speedup_of_vmapped=round(loop / vmapped, 1), **tag),
-            _row("filters: Keras 3 per-filter loop (lecture)", keras_loop, workload=workload, impl="keras",
-                 speedup_of_vmapped=round(keras_loop / vmapped, 1),
-                 speedup_of_vmapped_first_call=round(keras_loop / first_vmap, 1), **tag)]
+    grid = f"filter patterns VGG16 {len(layers)} layers x {n_filters} filters, {steps} steps, {size}px"
+    scale = n_filters / sampled
+    per_layer, totals = [], {"one_call": 0.0, "minicnn_loop": 0.0, "keras_loop": 0.0, "one_call_first": 0.0,
+                             "keras_compile": 0.0}
+    for layer in layers:
+        keras_layer = keras_loop(layer)
+        fns = {"one_call": lambda: filter_patterns(model, variables, layer, list(range(n_filters)), **kw),
+               "minicnn_loop": lambda: [filter_patterns(model, variables, layer, [f], **kw) for f in range(sampled)],
+               "keras_loop": lambda: [keras_layer(f) for f in range(sampled)]}
+        first = {k: _timed(fn) for k, fn in fns.items()}  # the warm-up: compiles every program once
+        t = time_interleaved(fns, repeats=repeats, warmup=0)
+        grid_s = {"one_call": t["one_call"]["seconds"], "minicnn_loop": scale * t["minicnn_loop"]["seconds"],
+                  "keras_loop": scale * t["keras_loop"]["seconds"]}
+        for k, v in grid_s.items():
+            totals[k] += v
+        totals["one_call_first"] += first["one_call"]
+        totals["keras_compile"] += max(first["keras_loop"] - t["keras_loop"]["seconds"], 0.0)
+        per_layer.append(_row(f"filters {layer}: all {n_filters} in one call", grid_s["one_call"],
+                              first_call_s=round(first["one_call"], 3), **{
+                                  f"{k}_s (from {sampled} filters)": round(v, 2) for k, v in grid_s.items()
+                                  if k != "one_call"},
+                              x_minicnn_loop=round(grid_s["minicnn_loop"] / grid_s["one_call"], 2),
+                              x_keras_loop=round(grid_s["keras_loop"] / grid_s["one_call"], 2),
+                              first_calls={k: round(v, 2) for k, v in first.items()},
+                              times={k: [round(x, 3) for x in v["times"]] for k, v in t.items()}))
+    lecture_literal = totals["keras_loop"] + n_filters * totals["keras_compile"]
+    tag = dict(layers=list(layers), filters=n_filters, steps=steps, size=size, sampled_filters=sampled)
+    return [row(grid, "minicnn", totals["one_call"], items=len(layers) * n_filters,
+                first_call_s=round(totals["one_call_first"], 2), **tag),
+            row(grid, "keras", totals["keras_loop"], items=len(layers) * n_filters,
+                extrapolated_from_filters_per_layer=sampled, **tag),
+            _row("filters grid: minicnn one call per filter (extrapolated)", totals["minicnn_loop"],
+                 extrapolated_from_filters_per_layer=sampled,
+                 x_one_call=round(totals["minicnn_loop"] / totals["one_call"], 2), **tag),
+            # the lecture builds its function per filter: one compile per filter, measured once per layer
+            _row("filters grid: Keras lecture, compiled per filter (extrapolated)", lecture_literal,
+                 compile_s_per_filter_all_layers=round(totals["keras_compile"], 2),
+                 x_one_call=round(lecture_literal / totals["one_call"], 2), **tag),
+            *per_layer]
 
 
-def _keras_filter_loop(filters, steps: int, size: int) -> float:
-    """Chollet's loop in Keras 3 on JAX: per filter, a compiled loss-and-gradient function
-    (``K.function`` in the lecture) called ``steps`` times from Python with NumPy updates."""
+def _keras_lecture(size: int, steps: int):
+    """The lecture's algorithm in Keras 3 on JAX, as fast as a Keras user would write it: a
+    ``keras.Model`` to the layer's output, and per filter one jitted gradient-ascent loop (``steps``
+    of ``x += g / (rms(g) + 1e-5)`` from ``uniform * 20 + 128``), compiled once per layer with the
+    filter index traced (the lecture's ``K.function`` per filter would recompile for each filter).
+    Returns ``layer -> (filter -> image)``."""
     import keras
-    base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(size, size, 3))
-    model = keras.Model(base.inputs, base.get_layer(LAYER).output)
-    tv = [v.value for v in model.trainable_variables]
-    ntv = [v.value for v in model.non_trainable_variables]
-    start = time.perf_counter()
-    for f in filters:
-        def loss(x, f=f):
-            out, _ = model.stateless_call(tv, ntv, x)
-            return keras.ops.mean(out[:, :, :, f])
 
-        iterate = jax.jit(jax.value_and_grad(loss))
-        img = np.random.random((1, size, size, 3)).astype("float32") * 20 + 128.0
-        for _ in range(steps):
-            _, grads = iterate(img)
-            grads = np.array(grads)
-            grads /= np.sqrt(np.mean(np.square(grads))) + 1e-5
-            img += grads * 1.0
-    return time.perf_counter() - start
+    base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(size, size, 3))
+
+    def for_layer(layer):
+        model = keras.Model(base.inputs, base.get_layer(layer).output)
+        tv = [v.value for v in model.trainable_variables]
+        ntv = [v.value for v in model.non_trainable_variables]
+
+        def mean_activation(x, f, tv, ntv):
+            out, _ = model.stateless_call(tv, ntv, x)
+            return jnp.mean(jnp.take(out, f, axis=-1))
+
+        def ascend(img, f, tv, ntv):
+            def step(_, img):
+                g = jax.grad(mean_activation)(img, f, tv, ntv)
+                return img + g / (jnp.sqrt(jnp.mean(jnp.square(g))) + 1e-5)
+            return jax.lax.fori_loop(0, steps, step, img)
+
+        ascend = jax.jit(ascend)
+        rng = np.random.default_rng(0)
+        return lambda f: ascend(rng.random((1, size, size, 3), np.float32) * 20 + 128, f, tv, ntv)
+
+    return for_layer
 
 
 def bench_grad_cam(n_images: int, size: int = 224) -> list[dict]:
@@ -108,10 +152,10 @@ def bench_grad_cam(n_images: int, size: int = 224) -> list[dict]:
 
 
 def run(quick: bool = False) -> list[dict]:
-    """All benchmark rows; ``quick`` shrinks the problem (8 filters, 10 steps, 64 px; 4 images)."""
+    """All benchmark rows; ``quick`` shrinks the problem (2 layers x 8 filters, 10 steps; 4 images)."""
     if quick:
-        return bench_filters(8, 10, 64) + bench_grad_cam(4)
-    return bench_filters(64, 40, 150) + bench_grad_cam(32)
+        return bench_filters(LECTURE_LAYERS[:2], 8, 10, 64, sampled=1, repeats=1) + bench_grad_cam(4)
+    return bench_filters() + bench_grad_cam(32)
 
 
 def main() -> None:

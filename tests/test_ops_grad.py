@@ -13,8 +13,8 @@ from minicnn.ops import kernels
 
 POOLS = [  # (x shape, pool_size, padding); strides = pool_size (other strides keep jax's gradient)
     ((2, 6, 7, 3), 2, "valid"),        # odd width: "valid" drops the last column
-    ((1, 7, 8, 2), (2, 3), "same"),    # rectangular windows; "same" pads the end rows, both sides of the width
-    ((1, 9, 8, 2), 3, "same"),         # 3x3 windows
+    ((1, 7, 8, 2), (2, 3), "same"),    # rectangular windows; "same" pads one row and one column at the end
+    ((1, 7, 7, 2), 3, "same"),         # 3x3 windows, one padded row and column on each side
 ]
 
 

@@ -20,7 +20,9 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from minicnn import inspector
 from minicnn.data import from_arrays
 from minicnn.layers import Dense, Dropout, Flatten, GlobalAveragePooling2D, Sequential
 from minicnn.train import History, Trainer, optimizers
@@ -89,8 +91,28 @@ def pretrained_model(base: nn.Module, x, variables=None, head: Sequence[nn.Modul
     keys = {"params": jax.random.key(seed), "dropout": jax.random.key(seed)}
     if variables is None:
         return model, init(model, keys, x)
-    fresh = jax.device_get(jax.jit(model.init)(keys, x))
-    return model, graft(fresh, (model.layer_names()[0],), variables, "pretrained_model(variables=...)")
+    name = model.layer_names()[0]
+    # graft checks every leaf against the model's shapes; np.empty only reserves the memory
+    shapes = jax.tree_util.tree_map(lambda s: np.empty(s.shape, s.dtype), inspector.abstract_variables(model, x))
+    placed = graft(shapes, (name,), variables, "pretrained_model(variables=...)")
+    given = {col: {name: tree[name]} for col, tree in placed.items() if name in tree}
+    return model, _merge(given, jax.device_get(_init_head(model, name)(given, keys, x)))
+
+
+def _init_head(model: Sequential, base_name: str):
+    """A jitted ``(given, keys, x) -> the head's fresh variables``: ``apply`` with every collection mutable
+    initialises the parameters ``given`` lacks, exactly as ``model.init`` would (same paths, same keys),
+    and returns only those, so XLA drops the base's forward and its random initialisation is never
+    compiled (a jitted ``model.init`` of MobileNet took ~9 s of CPU to compile)."""
+    def head(given, keys, x):
+        new = model.apply(given, x, rngs=keys, mutable=True)[1]
+        return {col: {k: v for k, v in tree.items() if k != base_name} for col, tree in new.items()}
+    return jax.jit(head)
+
+
+def _merge(a: dict, b: dict) -> dict:
+    """Collections of ``a`` and ``b`` (disjoint layer names) merged: ``{"params": {**a, **b}, ...}``."""
+    return {col: {**a.get(col, {}), **b.get(col, {})} for col in dict.fromkeys([*a, *b])}
 
 
 def train_from_scratch(model: nn.Module, train, validation=None, *, epochs: int = 30, classes: int = 1,

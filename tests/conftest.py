@@ -2,6 +2,9 @@ import os
 
 # Keras parity tests run Keras 3 on the JAX backend; it must be chosen before keras is imported.
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# minicnn.ops.jit turns JAX's persistent compilation cache on (~/.cache/minicnn/xla); the suite neither
+# fills the user's cache nor reads programs an older checkout left there (measured: benchmarks/NOTES.md).
+os.environ.setdefault("MINICNN_COMPILATION_CACHE", "0")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -1,4 +1,6 @@
-"""The four chapter-5 recipes on VGG16 (random weights, 32x32 inputs): what trains, what stays frozen.
+"""The four chapter-5 recipes on VGG16, MobileNet, MobileNetV2 and Xception (random weights, each at
+its smallest Keras size or VGG16's 32x32): what trains, what stays frozen. ResNet50 runs them on the
+weights Keras writes in test_models_resnet_xception.py, InceptionV3 its lecture in test_models_inception.py.
 
 Also the no-wasted-work claim, read from the lowered train step: with block5 + head trainable the
 step holds the 13 forward convolutions plus backward ones for block5 only. (Frozen BatchNormalization
@@ -16,80 +18,109 @@ import pytest
 from minicnn import ops
 from minicnn.augment import ImageAugmenter
 from minicnn.data import from_arrays
-from minicnn.models import VGG16
+from minicnn.masks import keras_layers
+from minicnn.models import architecture
 from minicnn.train import Trainer
 from minicnn.transfer import trainable_mask
 from minicnn.transfer.recipes import (feature_extraction, feature_extraction_with_augmentation,
                                       fine_tune, pretrained_model, train_from_scratch)
 
 AUG = ImageAugmenter(rotation_range=20, horizontal_flip=True)
+# backbone: input side (Keras' smallest for MobileNet(V2) and Xception; VGG16's 32 as in the lecture's CIFAR runs)
+SIZES = {"vgg16": 32, "mobilenet": 32, "mobilenet_v2": 32, "xception": 71}
+# pixel scale: with base_variables Xception's features come out ~3e5 times its input (He kernels, identity batch
+# norm, residual sums) and saturate the head's sigmoid; a ReLU network without biases is positively homogeneous,
+# so smaller pixels give features of order 1
+PIXELS = {"xception": 1e-5}
+BACKBONES = list(SIZES)
+
+
+def base(backbone):
+    return architecture(backbone).build(include_top=False)
 
 
 @functools.cache
-def arrays(n=8, size=32):
+def arrays(n=8, size=32, high=1.0):
     rng = np.random.default_rng(0)
-    return rng.uniform(0, 1, size=(n, size, size, 3)).astype(np.float32), np.arange(n) % 2
+    return rng.uniform(0, high, size=(n, size, size, 3)).astype(np.float32), np.arange(n) % 2
 
 
-def data(**kwargs):
-    x, y = arrays()
+def data(backbone="vgg16", **kwargs):
+    x, y = arrays(size=SIZES[backbone], high=PIXELS.get(backbone, 1.0))
     return from_arrays(x, y, batch_size=4, seed=0, **kwargs)
 
 
 @functools.cache
-def base_variables():
-    """Glorot-uniform VGG16 weights drawn with NumPy (jax's threefry takes ~15 s of CPU for 14.7M)."""
-    shapes = jax.eval_shape(VGG16(include_top=False).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+def base_variables(backbone="vgg16"):
+    """He-uniform kernels drawn with NumPy (jax's threefry takes ~15 s of CPU for VGG16's 14.7M), zero
+    biases, BatchNormalization at identity (gamma and moving variance 1). He, with a depthwise kernel's
+    fan-in its window alone: Glorot's smaller kernels made MobileNet's gradients vanish below float32 rounding."""
+    side = SIZES[backbone]
+    shapes = jax.eval_shape(base(backbone).init, jax.random.key(0), jnp.zeros((1, side, side, 3)))
     rng = np.random.default_rng(1)
 
-    def draw(leaf):
+    def draw(path, leaf):
+        if path[-1].key in ("gamma", "moving_variance"):
+            return np.ones(leaf.shape, np.float32)
         if len(leaf.shape) == 1:
             return np.zeros(leaf.shape, np.float32)
-        limit = np.sqrt(6 / (np.prod(leaf.shape[:-1]) + np.prod(leaf.shape[:-2]) * leaf.shape[-1]))
+        depthwise = path[-1].key == "depthwise_kernel" or (len(leaf.shape) == 4 and leaf.shape[-1] == 1)
+        limit = np.sqrt(6 / np.prod(leaf.shape[:-2] if depthwise else leaf.shape[:-1]))
         return rng.uniform(-limit, limit, leaf.shape).astype(np.float32)
 
-    return jax.tree_util.tree_map(draw, shapes)
+    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @functools.cache
-def lecture_model():
-    """Sequential([VGG16, Flatten, Dense(256), Dropout, Dense(1)]) and its variables (base_variables)."""
-    return pretrained_model(VGG16(include_top=False), jnp.zeros((1, 32, 32, 3)), base_variables())
+def lecture_model(backbone="vgg16"):
+    """Sequential([base, Flatten, Dense(256), Dropout, Dense(1)]) and its variables (base_variables)."""
+    side = SIZES[backbone]
+    return pretrained_model(base(backbone), jnp.zeros((1, side, side, 3)), base_variables(backbone))
 
 
 def same(a, b):
     return all(np.array_equal(u, v) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
-def test_feature_extraction_trains_a_head_on_features():
-    history = feature_extraction(VGG16(include_top=False), data(), data(shuffle=False), variables=base_variables(),
-                                 epochs=2, learning_rate=1e-3)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_feature_extraction_trains_a_head_on_features(backbone):
+    side = SIZES[backbone]
+    history = feature_extraction(base(backbone), data(backbone), data(backbone, shuffle=False),
+                                 variables=base_variables(backbone), epochs=2, learning_rate=1e-3)
     assert history.epoch == [0, 1] and {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history.history)
-    assert history.trainer.variables["params"]["dense"]["kernel"].shape == (512, 256)
+    features = jax.eval_shape(base(backbone).apply, base_variables(backbone), jnp.zeros((1, side, side, 3)))
+    assert history.trainer.variables["params"]["dense"]["kernel"].shape == (np.prod(features.shape[1:]), 256)
 
 
-def test_feature_extraction_with_augmentation_keeps_the_base():
-    history = feature_extraction_with_augmentation(VGG16(include_top=False), data(), variables=base_variables(),
-                                                   augment=AUG, epochs=1, learning_rate=1e-3)
-    params = history.trainer.variables["params"]
-    assert same(params["vgg16"], base_variables()["params"])
-    assert not same(params["dense_1"], lecture_model()[1]["params"]["dense_1"])  # same head init (seed 0)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_augmented_extraction_keeps_the_base_then_fine_tuning_moves_the_top_and_head_only(backbone):
+    """The lecture's order: the frozen-base run (base unchanged, batch statistics included; the head
+    trains), then fine-tuning that model from the registry's unfreeze point: the layers from there on
+    move (BatchNormalization stays frozen), the layers before it do not."""
+    start = base_variables(backbone)
+    phase1 = feature_extraction_with_augmentation(base(backbone), data(backbone), variables=start, augment=AUG,
+                                                  epochs=1, learning_rate=1e-3)
+    name = phase1.trainer.model.layer_names()[0]
+    after1 = jax.device_get(phase1.trainer.variables)
+    assert same({c: after1[c][name] for c in start}, start)
+    assert not same(after1["params"]["dense_1"], lecture_model(backbone)[1]["params"]["dense_1"])  # same init
 
-
-def test_fine_tune_moves_block5_and_head_only():
-    history = fine_tune(VGG16(include_top=False), data(), unfreeze_from="block5_conv1", augment=AUG,
-                        variables=base_variables(), epochs=(1, 1), learning_rates=(1e-3, 1e-3))
+    unfreeze_from = architecture(backbone).unfreeze_from
+    history = fine_tune(base(backbone), data(backbone), unfreeze_from=unfreeze_from, augment=AUG, phase1=phase1,
+                        epochs=(1, 1), learning_rates=(1e-3, 1e-3))
     assert history.epoch == [0, 1]
-    params, base = history.trainer.variables["params"]["vgg16"], base_variables()["params"]
-    for name in base:
-        assert same(params[name], base[name]) == (not name.startswith("block5")), name
-    assert history.trainer.trainable["vgg16"]["block5_conv1"]["kernel"]
-    assert not history.trainer.trainable["vgg16"]["block4_conv3"]["kernel"]
+    order = keras_layers(base(backbone), start, (SIZES[backbone],) * 2 + (3,))
+    opened = set(order[order.index(unfreeze_from):]) - set(start.get("batch_stats", {}))
+    params, trainable = history.trainer.variables["params"][name], history.trainer.trainable[name]
+    for layer in start["params"]:
+        assert all(jax.tree_util.tree_leaves(trainable[layer])) == (layer in opened), layer
+        assert same(params[layer], start["params"][layer]) == (layer not in opened), layer
 
 
-def test_train_from_scratch_moves_everything():
-    model, start = lecture_model()
-    history = train_from_scratch(model, data(), variables=start, epochs=1, learning_rate=1e-3)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_train_from_scratch_moves_everything(backbone):
+    model, start = lecture_model(backbone)
+    history = train_from_scratch(model, data(backbone), variables=start, epochs=1, learning_rate=1e-3)
     after = history.trainer.variables["params"]
     assert all(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(after),
                                                          jax.tree_util.tree_leaves(start["params"])))

@@ -10,25 +10,27 @@ bridge calls the same ``apply``). Parameters become ``nnx.Param``, BatchNormaliz
     module = minicnn.nnx.to_nnx(model, variables)                 # an nnx.Module
     trainable = minicnn.nnx.mask_filter(mask, variables["params"])  # any minicnn mask
     optimizer = nnx.Optimizer(module, optax.rmsprop(1e-5), wrt=trainable)
+    y = minicnn.nnx.train_forward(module, x, mask)               # the forward pass of a training step
 
 Everything else minicnn offers (summary, feature extraction, Grad-CAM, activations, filter patterns) takes
-``as_linen(module)``, the Linen model and its current variables.
+``*as_linen(module)``, the Linen model and its current variables.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, traverse_util
 from flax.nnx import bridge
+from flax.nnx.bridge import variables as bridge_variables
 
-from minicnn import masks
+from minicnn import inspector, masks
+from minicnn.train.step import apply_model
 
-__all__ = ["to_nnx", "as_linen", "mask_filter", "variables_of"]
+__all__ = ["to_nnx", "as_linen", "mask_filter", "train_forward", "variables_of"]
 
 _COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
 
@@ -37,56 +39,50 @@ def to_nnx(model: nn.Module, variables: Mapping, seed: int = 0) -> bridge.ToNNX:
     """``model`` with ``variables`` as an NNX module; ``module(x, train=False)`` equals ``model.apply(variables, x)``.
 
     variables: ``{"params": ..., ["batch_stats": ...]}`` (e.g. from :func:`minicnn.pretrained` or
-    :func:`minicnn.init`); ``seed`` keys the module's ``dropout`` stream.
+    :func:`minicnn.init`), exactly the model's variables (checked leaf by leaf against the shapes ``model.init``
+    gives, which are only traced: nothing is compiled or run); ``seed`` keys the module's ``dropout`` stream.
     """
     module = bridge.ToNNX(model, rngs=nnx.Rngs(seed, dropout=seed))
-    shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.asarray(a).dtype),
-                                    dict(variables))
-    example = _example_input(model, shapes)
-    with warnings.catch_warnings():  # "init gives random weights": they are replaced right below
-        warnings.simplefilter("ignore", UserWarning)
-        # jitted: an eager init dispatches op by op (EfficientNet-Lite0: 7.6 s instead of 20.7 s)
-        nnx.jit(lambda m, x: bridge.lazy_init(m, x, train=False))(module, example)
-    _assign(module, variables)
+    expected = inspector.abstract_variables(model, _example_input(model))
+    # what ToNNX's own lazy init stores: one attribute per top-level name, nnx.Param / nnx.BatchStat leaves
+    for name, value in bridge_variables.linen_vars_to_nnx_attrs(_checked(variables, expected)).items():
+        setattr(module, name, nnx.data(value))
     return module
 
 
-def _example_input(model: nn.Module, shapes) -> jax.Array:
-    """An input of the size the variables were made for: the first kernel gives the channels; dense heads need
-    the model's declared ``input_shape``."""
+def _example_input(model: nn.Module) -> jax.ShapeDtypeStruct:
+    """An input of the size the variables were made for (a dense head depends on it): the model's declared
+    ``input_shape``."""
     declared = masks.declared_input_shape(model)
     if declared is None:
         raise ValueError(f"to_nnx({type(model).__name__}): the model must declare input_shape=(H, W, C) "
                          "(its variables fix it: a dense head depends on the input size)")
-    return jnp.zeros((1, *declared), jnp.float32)
+    return jax.ShapeDtypeStruct((1, *declared), jnp.float32)
 
 
-def _assign(module: bridge.ToNNX, variables: Mapping) -> None:
-    """Put ``variables`` into the module's state, each leaf checked against the variable it replaces."""
-    state = nnx.state(module)
-    pure = nnx.to_pure_dict(state)
-    for collection, tree in variables.items():
-        for path, value in jax.tree_util.tree_flatten_with_path(dict(tree))[0]:
-            keys = tuple(str(getattr(k, "key", k)) for k in path)
-            node = pure
-            for k in keys[:-1]:
-                node = node.get(k, {}) if isinstance(node, dict) else {}
-            if not isinstance(node, dict) or keys[-1] not in node:
-                raise ValueError(f"to_nnx: {collection}/{'/'.join(keys)} is not a variable of the model")
-            if jnp.shape(node[keys[-1]]) != jnp.shape(value):
-                raise ValueError(f"to_nnx: {collection}/{'/'.join(keys)} has shape {jnp.shape(value)}, "
-                                 f"the model needs {jnp.shape(node[keys[-1]])}")
-            node[keys[-1]] = jnp.asarray(value, jnp.asarray(node[keys[-1]]).dtype)
-    nnx.replace_by_pure_dict(state, pure)
-    nnx.update(module, state)
+def _checked(variables: Mapping, expected: Mapping) -> dict:
+    """``variables`` as nested dicts of arrays in the dtypes of ``expected`` (the model's variable shapes);
+    ValueError naming the first variable that is unknown, missing or of another shape."""
+    have = traverse_util.flatten_dict(dict(variables))
+    want = traverse_util.flatten_dict(dict(expected))
+    for path in have:
+        if path not in want:
+            raise ValueError(f"to_nnx: {'/'.join(map(str, path))} is not a variable of the model")
+        if jnp.shape(have[path]) != want[path].shape:
+            raise ValueError(f"to_nnx: {'/'.join(map(str, path))} has shape {jnp.shape(have[path])}, "
+                             f"the model needs {want[path].shape}")
+    missing = [path for path in want if path not in have]
+    if missing:
+        raise ValueError(f"to_nnx: the variables lack {'/'.join(map(str, missing[0]))} "
+                         f"({len(missing)} missing in all)")
+    return traverse_util.unflatten_dict({p: jnp.asarray(have[p], want[p].dtype) for p in want})
 
 
 def variables_of(module: bridge.ToNNX) -> dict:
     """The module's current ``{"params", "batch_stats"}`` as the nested dicts Linen and minicnn use."""
     out = {}
     for collection, kind in _COLLECTIONS.items():
-        state = nnx.state(module, kind)
-        tree = nnx.to_pure_dict(state)
+        tree = nnx.to_pure_dict(nnx.state(module, kind))
         if tree:
             out[collection] = tree
     return out
@@ -94,7 +90,14 @@ def variables_of(module: bridge.ToNNX) -> dict:
 
 def as_linen(module: bridge.ToNNX) -> tuple[nn.Module, dict]:
     """``(Linen model, variables)`` of a :func:`to_nnx` module: what ``minicnn.summary``,
-    ``extract_features``, ``viz.grad_cam``, ``viz.activations`` and ``viz.filter_patterns`` take."""
+    ``extract_features``, ``viz.grad_cam``, ``viz.activations`` and ``viz.filter_patterns`` take, as
+    ``viz.grad_cam(*as_linen(module), images)``.
+
+    Those functions keep their one ``(model, variables, ...)`` signature rather than also accepting an
+    ``nnx.Module``: a module carries its variables, so accepting one would shift every later positional
+    argument (``grad_cam(module, images)``) and give each entry point two signatures; this one conversion,
+    which copies no array, is the whole NNX path, and the result is the Linen result by construction.
+    """
     return module.to_nnx__module, variables_of(module)
 
 
@@ -109,3 +112,27 @@ def mask_filter(mask: masks.Mask, params):
         return isinstance(value, nnx.Param) and flat.get(tuple(str(p) for p in path), False)
 
     return trainable
+
+
+def train_forward(module: bridge.ToNNX, x, mask: masks.Mask = None, *, dropout_key=None):
+    """The module's output in training mode, as minicnn's train step computes it (``train.step.apply_model``):
+    BatchNormalization layers whose parameters ``mask`` freezes run in inference mode (Keras'
+    ``layer.trainable = False``), the others normalise with the batch and their updated moving statistics
+    are written back into the module; dropout is keyed by ``dropout_key`` (default: the module's ``dropout``
+    stream). Use it inside ``nnx.grad``/``nnx.jit``.
+
+    ``module(x, train=True, mutable=["batch_stats"])``, the bridge's own call, would instead update the
+    statistics of frozen layers too, which Keras and minicnn do not.
+    x: (N, H, W, C) float32; returns the model's output.
+    """
+    model, variables = as_linen(module)
+    flat = masks.flat_mask(variables["params"], mask)
+    if dropout_key is None:
+        dropout_key = module.to_nnx__rngs.dropout()
+    y, batch_stats = apply_model(model, variables["params"], variables.get("batch_stats", {}), x, train=True,
+                                 frozen=masks.frozen_modules(flat), rngs={"dropout": dropout_key})
+    if batch_stats:
+        state = nnx.state(module, nnx.BatchStat)
+        nnx.replace_by_pure_dict(state, batch_stats)
+        nnx.update(module, state)
+    return y

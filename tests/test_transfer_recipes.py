@@ -22,8 +22,9 @@ from minicnn.masks import keras_layers
 from minicnn.models import architecture
 from minicnn.train import Trainer
 from minicnn.transfer import trainable_mask
-from minicnn.transfer.recipes import (feature_extraction, feature_extraction_with_augmentation,
-                                      fine_tune, pretrained_model, train_from_scratch)
+from minicnn.transfer.recipes import (default_unfreeze_from, feature_extraction, feature_extraction_with_augmentation,
+                                      fine_tune, named_base, pretrained_model, train_from_scratch)
+from minicnn.weights import preprocess_input
 
 AUG = ImageAugmenter(rotation_range=20, horizontal_flip=True)
 # backbone: input side (Keras' smallest for MobileNet(V2) and Xception; VGG16's 32 as in the lecture's CIFAR runs)
@@ -106,7 +107,7 @@ def test_augmented_extraction_keeps_the_base_then_fine_tuning_moves_the_top_and_
     assert not same(after1["params"]["dense_1"], lecture_model(backbone)[1]["params"]["dense_1"])  # same init
 
     unfreeze_from = architecture(backbone).unfreeze_from
-    history = fine_tune(base(backbone), data(backbone), unfreeze_from=unfreeze_from, augment=AUG, phase1=phase1,
+    history = fine_tune(base(backbone), data(backbone), augment=AUG, phase1=phase1,  # the registry's unfreeze point
                         epochs=(1, 1), learning_rates=(1e-3, 1e-3))
     assert history.epoch == [0, 1]
     order = keras_layers(base(backbone), start, (SIZES[backbone],) * 2 + (3,))
@@ -124,6 +125,19 @@ def test_train_from_scratch_moves_everything(backbone):
     after = history.trainer.variables["params"]
     assert all(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(after),
                                                          jax.tree_util.tree_leaves(start["params"])))
+
+
+@pytest.mark.parametrize("name, mode", [("resnet50", "caffe"), ("xception", "tf"), ("mobilenet_v2", "tf")])
+def test_a_base_named_by_the_registry_is_its_imagenet_no_top_model_and_preprocessing(name, mode):
+    """fine_tune("resnet50", ...) is Keras' ResNet50(include_top=False, weights="imagenet") with caffe inputs."""
+    module, preprocess = named_base(name)
+    assert module == architecture(name).build(include_top=False, weights="imagenet")
+    x = np.random.default_rng(0).uniform(0, 255, (1, 4, 4, 3)).astype(np.float32)
+    np.testing.assert_array_equal(preprocess(x), preprocess_input(x, mode))
+    assert named_base(name, preprocess=np.sqrt)[1] is np.sqrt  # the caller's preprocessing wins
+    assert default_unfreeze_from(module) == architecture(name).unfreeze_from
+    with pytest.raises(ValueError, match="pass unfreeze_from="):
+        default_unfreeze_from(lecture_model()[0])
 
 
 def count_convolutions(mask_from):

@@ -15,6 +15,7 @@ differentiates only the trainable parameters and runs frozen BatchNormalization 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -28,13 +29,14 @@ from minicnn.layers import Dense, Dropout, Flatten, GlobalAveragePooling2D, Sequ
 from minicnn.train import History, Trainer, optimizers
 from minicnn.transfer.features import extract_features
 from minicnn.masks import keras_layers, trainable_mask
+from minicnn.models import architecture
 from minicnn.models.inception_v3 import InceptionV3
 from minicnn.weights.imagenet import preprocess_input
-from minicnn.weights.pretrained import graft, init
+from minicnn.weights.pretrained import graft, init, preprocessing
 
 __all__ = ["train_from_scratch", "feature_extraction", "feature_extraction_with_augmentation", "fine_tune",
            "fine_tune_inception_v3",
-           "default_head", "pretrained_model"]
+           "default_head", "pretrained_model", "named_base", "default_unfreeze_from"]
 
 
 def default_head(classes: int = 1) -> list[nn.Module]:
@@ -115,6 +117,28 @@ def _merge(a: dict, b: dict) -> dict:
     return {col: {**a.get(col, {}), **b.get(col, {})} for col in dict.fromkeys([*a, *b])}
 
 
+def named_base(base: nn.Module | str, preprocess=None) -> tuple[nn.Module, object]:
+    """``(base, preprocess)``: a registry name (``"resnet50"``) becomes Keras'
+    ``ResNet50(include_top=False, weights="imagenet")`` with, unless ``preprocess`` is given, the
+    ``preprocess_input`` mode its weights were trained with (``weights/registry.json``); a module is
+    returned as it is."""
+    if not isinstance(base, str):
+        return base, preprocess
+    module = architecture(base).build(include_top=False, weights="imagenet")
+    return module, preprocess or functools.partial(preprocess_input, mode=preprocessing(base))
+
+
+def default_unfreeze_from(base: nn.Module) -> str:
+    """The first layer the lecture's fine-tuning opens for ``base``'s architecture (the registry's
+    ``unfreeze_from``: ``block5_conv1`` for VGG16)."""
+    arch = getattr(base, "arch", None)
+    point = architecture(arch).unfreeze_from if arch else None
+    if point is None:
+        raise ValueError(f"fine_tune: pass unfreeze_from= (the first layer to train): {type(base).__name__} "
+                         f"has no unfreeze point in the model registry")
+    return point
+
+
 def train_from_scratch(model: nn.Module, train, validation=None, *, epochs: int = 30, classes: int = 1,
                        optimizer="rmsprop", learning_rate: float = 1e-4, augment=None, preprocess=None,
                        variables=None, seed: int = 0, verbose: int = 0, callbacks=()) -> History:
@@ -125,15 +149,18 @@ def train_from_scratch(model: nn.Module, train, validation=None, *, epochs: int 
                        callbacks=callbacks, validation_data=_prepared(validation, preprocess=preprocess))
 
 
-def feature_extraction(base: nn.Module, train, validation=None, *, variables=None, head=None, classes: int = 1,
+def feature_extraction(base: nn.Module | str, train, validation=None, *, variables=None, head=None, classes: int = 1,
                        epochs: int = 30, optimizer="rmsprop", learning_rate: float = 2e-5, preprocess=None,
                        cache_dir=None, seed: int = 0, verbose: int = 0, callbacks=()) -> History:
     """Run the frozen ``base`` once over ``train`` and ``validation`` (:func:`extract_features`,
     cached in ``cache_dir``), then train ``head`` (default :func:`default_head`) on the features.
 
     ``history.trainer`` holds the head alone, taking features as input. ``optimizer``: a Keras
-    name at ``learning_rate`` or an optax transform (with its own rate), in every recipe.
+    name at ``learning_rate`` or an optax transform (with its own rate), in every recipe. ``base``:
+    a module, or a registry name for its ImageNet no-top model and preprocessing (:func:`named_base`),
+    in every recipe that takes a base.
     """
+    base, preprocess = named_base(base, preprocess)
     base_vars = variables if variables is not None else init(
         base, jax.random.key(seed), _first_x(_prepared(train, preprocess=preprocess)))
 
@@ -149,13 +176,14 @@ def feature_extraction(base: nn.Module, train, validation=None, *, variables=Non
                        validation_data=None if validation is None else features(validation, False))
 
 
-def feature_extraction_with_augmentation(base: nn.Module, train, validation=None, *, variables=None, head=None,
+def feature_extraction_with_augmentation(base: nn.Module | str, train, validation=None, *, variables=None, head=None,
                                          classes: int = 1, epochs: int = 30, optimizer="rmsprop",
                                          learning_rate: float = 2e-5, augment=None, preprocess=None,
                                          seed: int = 0, verbose: int = 0, callbacks=()) -> History:
     """Train ``Sequential([base, *head])`` end to end on (augmented) batches with the whole base
     frozen (``conv_base.trainable = False``): the base runs forward on every batch, gradients stop
     at the head."""
+    base, preprocess = named_base(base, preprocess)
     model, full = pretrained_model(base, _first_x(_prepared(train, preprocess=preprocess)), variables, head,
                                    classes, seed)
     mask = trainable_mask(full, "all", layers=[model.layer_names()[0]])
@@ -164,7 +192,7 @@ def feature_extraction_with_augmentation(base: nn.Module, train, validation=None
                        callbacks=callbacks, validation_data=_prepared(validation, preprocess=preprocess))
 
 
-def fine_tune(base: nn.Module, train, validation=None, *, unfreeze_from: str, variables=None, head=None,
+def fine_tune(base: nn.Module | str, train, validation=None, *, unfreeze_from: str | None = None, variables=None, head=None,
               classes: int = 1, epochs: tuple[int, int] = (30, 100), optimizer="rmsprop",
               learning_rates: tuple[float, float] = (2e-5, 1e-5), augment=None, preprocess=None,
               train_batchnorm: bool = False, phase1: History | None = None, seed: int = 0, verbose: int = 0,
@@ -175,12 +203,16 @@ def fine_tune(base: nn.Module, train, validation=None, *, unfreeze_from: str, va
     has just trained that way; its compiled steps are reused);
     phase 2 unfreezes ``unfreeze_from`` (e.g. ``"block5_conv1"``) and every layer after it and
     trains ``epochs[1]`` more epochs at ``learning_rates[1]`` with a fresh optimizer state. The
-    History covers both phases, epoch numbers running on.
+    History covers both phases, epoch numbers running on. ``unfreeze_from`` defaults to the
+    registry's point for the base's architecture (:func:`default_unfreeze_from`), so
+    ``fine_tune("resnet50", train, val)`` is the whole recipe on ResNet50's ImageNet base.
 
     BatchNormalization layers stay frozen, in inference mode, in phase 2 too unless
     ``train_batchnorm`` (Keras' advice for fine-tuning EfficientNet: small batches would otherwise
     replace the pretrained statistics with noisy ones).
     """
+    base, preprocess = named_base(base, preprocess)
+    unfreeze_from = unfreeze_from or default_unfreeze_from(base)
     history = phase1 if phase1 is not None else feature_extraction_with_augmentation(
         base, train, validation, variables=variables, head=head, classes=classes, epochs=epochs[0],
         optimizer=optimizer, learning_rate=learning_rates[0], augment=augment, preprocess=preprocess,

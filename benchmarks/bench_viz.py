@@ -163,8 +163,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small problem, for a smoke test")
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs")
-    for row in run(args.quick):
-        print(row)
+    for result in run(args.quick):
+        print(result)
 
 
 if __name__ == "__main__":

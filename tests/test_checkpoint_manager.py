@@ -13,7 +13,6 @@ import pytest
 import minicnn
 from minicnn.layers import Dense, Flatten, Sequential
 from minicnn.train import Callback, ModelCheckpoint, Trainer
-from minicnn.train import checkpoint
 from minicnn.weights import store
 
 EPOCHS = 5

@@ -17,4 +17,4 @@ from minicnn.weights.torch_pth import CorruptWeightsError, UnsafePickleError, re
 __all__ = ["save", "load", "get", "fetch", "port", "port_file", "pretrained_variables", "list_weights",
            "registry", "preprocess_input", "decode_predictions", "read_pth", "UnsafePickleError", "CorruptWeightsError",
            "WeightsUnavailableError", "Pretrained", "pretrained", "init", "preprocessing", "read_safetensors",
-           "save_safetensors"]
+           "save_safetensors", "graft"]

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import minicnn
-from minicnn.layers import BatchNormalization, Conv2D, Dense, Flatten, MaxPooling2D, Sequential
+from minicnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential
 from minicnn.masks import freeze, trainable_mask
 from minicnn.nnx import as_linen, mask_filter, to_nnx, train_forward, variables_of
 from minicnn.train import losses
@@ -88,6 +88,16 @@ def test_fine_tuning_with_nnx_optimizer_and_a_minicnn_mask():
                  variables["params"]["base"]["conv2d"])
     stats = nnx_after["batch_stats"]["base"]["batch_normalization"]["moving_mean"]
     assert not np.array_equal(stats, variables["batch_stats"]["base"]["batch_normalization"]["moving_mean"])
+
+
+def test_train_forward_draws_a_new_dropout_key_each_step_from_the_module():
+    """Without dropout_key, each jitted step takes the next key of the module's dropout stream (NNX carries the
+    stream's count out of nnx.jit/nnx.grad), so no two steps drop the same units."""
+    model = Sequential([Flatten(), Dropout(0.5), Dense(1)], input_shape=(12, 12, 3))
+    module = to_nnx(model, model.init(jax.random.key(0), X[:1]))
+    forward = nnx.jit(lambda m, x: train_forward(m, x))
+    first, second = forward(module, X), forward(module, X)
+    assert not np.array_equal(first, second)
 
 
 def test_activations_and_filter_patterns_through_as_linen():

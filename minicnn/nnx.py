@@ -30,7 +30,7 @@ from flax.nnx.bridge import variables as bridge_variables
 from minicnn import inspector, masks
 from minicnn.train.step import apply_model
 
-__all__ = ["to_nnx", "as_linen", "mask_filter", "train_forward", "variables_of"]
+__all__ = ["as_linen", "mask_filter", "to_nnx", "train_forward", "variables_of"]
 
 _COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
 

@@ -10,7 +10,15 @@ import pytest
 from flax import nnx
 
 import minicnn
-from minicnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential
+from minicnn.layers import (
+    BatchNormalization,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    MaxPooling2D,
+    Sequential,
+)
 from minicnn.masks import freeze, trainable_mask
 from minicnn.nnx import as_linen, mask_filter, to_nnx, train_forward, variables_of
 from minicnn.train import losses
@@ -106,7 +114,7 @@ def test_activations_and_filter_patterns_through_as_linen():
     layers = ["base/conv2d", "batch_normalization"]
     assert_trees(np.testing.assert_array_equal, minicnn.viz.activations(*as_linen(module), X, layers=layers),
                  minicnn.viz.activations(model, variables, X, layers=layers))
-    kwargs = dict(layer="conv2d", filters=[0, 3], size=12, steps=3)
+    kwargs = {"layer": "conv2d", "filters": [0, 3], "size": 12, "steps": 3}
     np.testing.assert_array_equal(minicnn.viz.filter_patterns(*as_linen(module), **kwargs),
                                   minicnn.viz.filter_patterns(model, variables, **kwargs))
 
@@ -130,8 +138,8 @@ def fine_tuned():
     linen, current = as_linen(module)
     summary = minicnn.summary(linen, variables=current, print_fn=None)
     nnx_fit(module, mask, variables["params"], x, Y, steps=2)
-    return dict(model=model, variables=variables, x=x, module=module, summary=summary,
-                linen_after=linen_fit(model, variables, mask, x, Y, steps=2))
+    return {"model": model, "variables": variables, "x": x, "module": module, "summary": summary,
+            "linen_after": linen_fit(model, variables, mask, x, Y, steps=2)}
 
 
 def test_nnx_fine_tuning_of_a_pretrained_base(fine_tuned):

@@ -52,7 +52,7 @@ def test_crash_mid_write_leaves_previous_checkpoint(tmp_path, monkeypatch):
         (directory / "half_written").write_bytes(b"\0" * 10)
         raise KeyboardInterrupt("killed mid-write")
 
-    monkeypatch.setattr(ocp.PyTreeCheckpointer, "save", crash)
+    monkeypatch.setattr(ocp.Checkpointer, "save", crash)
     with pytest.raises(KeyboardInterrupt):
         save({"step": 2}, tmp_path / "ckpt")
     monkeypatch.undo()

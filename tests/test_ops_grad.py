@@ -56,8 +56,13 @@ def test_max_pool_gradient_is_jax_gradient_with_ties(shape, k, padding):
     want_y, want_dx = vjp(lambda v: ops.max_pool2d(v, k, None, padding), x, g)
     got_y, got_dx = vjp(lambda v: kernels.max_pool2d(v, k, None, padding), x, g)
     np.testing.assert_array_equal(got_y, want_y)
-    np.testing.assert_array_equal(got_dx, want_dx)  # bit for bit, ties and -inf included
-    np.testing.assert_array_equal(got_dx, first_max_gradient(x, g, ops.pair(k), padding))
+    loop = first_max_gradient(x, g, ops.pair(k), padding)
+    np.testing.assert_array_equal(got_dx, loop)  # TensorFlow's rule, bit for bit, ties and -inf included
+    # jax's select-and-scatter also weighs the -inf padding: a window whose real pixels are all -inf sends
+    # its gradient into the padding (lost), TensorFlow and minicnn to the first real pixel; elsewhere equal
+    differs = want_dx != loop
+    assert np.all(np.isneginf(x[differs]))
+    np.testing.assert_array_equal(got_dx[~differs], want_dx[~differs])
 
 
 def test_max_pool_tie_rule_is_torch_first_max():

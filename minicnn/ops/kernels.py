@@ -70,7 +70,9 @@ def max_pool2d(x, pool_size=2, strides=None, padding: ops.Padding = "valid"):
     the forward (benchmarks/NOTES.md). For disjoint windows (``strides == pool_size``, every pooling in
     the chapter's models) the gradient here is elementwise over the ``kh * kw`` window offsets, one
     fused loop. It routes each window's gradient to the element select-and-scatter picks (the first
-    maximum in row-major window order; TensorFlow's rule too), so gradients are bit-for-bit jax's.
+    maximum in row-major window order; TensorFlow's rule too), so gradients are bit-for-bit jax's,
+    except for a window whose real pixels are all -inf beside "same" padding: jax sends its gradient into
+    the padding (lost), this kernel and TensorFlow to the window's first real pixel.
     Overlapping windows keep jax's gradient.
     """
     k = ops.pair(pool_size, "pool_size")

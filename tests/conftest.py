@@ -21,9 +21,10 @@ def pytest_sessionfinish(session, exitstatus):
 # The slowest modules (seconds measured on the 2-core VM, `--durations`), scheduled first: pytest-xdist's
 # `--dist loadfile` hands out whole files in collection order, so a slow file collected last would run
 # alone at the end while the other worker idles (longest-processing-time-first scheduling).
-SLOWEST_FIRST = ("test_models_resnet_xception", "test_cli", "test_demo", "test_models_inception", "test_viz_gradcam",
-                 "test_docs", "test_models_mobilenet", "test_conv_algorithms", "test_nnx", "test_weights_keras",
-                 "test_transfer_recipes", "test_train_parity", "test_keras_parity", "test_efficientnet")
+SLOWEST_FIRST = ("test_models_inception", "test_docs", "test_models_resnet_xception", "test_cli", "test_demo",
+                 "test_transfer_recipes", "test_models_mobilenet", "test_viz_gradcam", "test_keras_parity",
+                 "test_keras_fit", "test_conv_algorithms", "test_ops", "test_nnx", "test_viz_filters", "test_train",
+                 "test_weights_keras", "test_train_parity", "test_efficientnet", "test_distributed")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -4,9 +4,12 @@ Usable without the ``Trainer`` (which is the Keras loop and callbacks around the
 
     tx = masks.freeze(optax.rmsprop(1e-4), mask)
     state = init_state(variables, tx, jax.random.key(0))
-    step = jax.jit(make_train_step(model, losses.get("binary_crossentropy"), tx, mask), donate_argnums=0)
+    step = ops.jit(make_train_step(model, losses.get("binary_crossentropy"), tx, mask), donate_argnums=0)
     for x, y in batches:
         state, logs = step(state, (x, y))
+
+``minicnn.ops.jit`` is ``jax.jit`` with XLA's Eigen convolutions on CPU: under plain ``jax.jit``
+jaxlib 0.10 gives the filter gradients to YNNPACK, 2.6-6.4x slower (benchmarks/NOTES.md).
 
 Freezing: the step splits ``params`` by the mask and differentiates the loss with respect to the
 trainable part only (the frozen part is a constant, so XLA computes no gradient for it and

@@ -62,6 +62,11 @@ def run_module(name: str, quick: bool, timeout: float) -> dict:
     return {**json.loads(line[4:]), "wall_s": time.perf_counter() - t}
 
 
+def _compared(r: dict, impls) -> bool:
+    """A timed row of one of the compared implementations (others, e.g. ratios, are listed apart)."""
+    return "workload" in r and r.get("impl") in impls and "seconds" in r
+
+
 def _fmt(v, spec: str = ".3g") -> str:
     return "–" if v is None else format(v, spec)
 
@@ -73,7 +78,7 @@ def comparison_table(rows: list[dict], ceiling: float | None, peak: float | None
 
     by_workload: dict[str, dict[str, dict]] = {}
     for r in rows:
-        if "workload" in r and r.get("impl") in IMPLS:
+        if _compared(r, IMPLS):
             by_workload.setdefault(r["workload"], {})[r["impl"]] = r
     head = ["workload"] + [f"{IMPL_TITLES[i]} s (items/s)" for i in IMPLS] + [
         "× Keras", "× PyTorch best", "minicnn GFLOP/s", "% peak", "% JAX matmul", "goal ≥ 1×"]
@@ -106,7 +111,7 @@ def other_table(rows: list[dict]) -> str:
 
     lines = ["| measurement | seconds | details |", "|---|---|---|"]
     for r in rows:
-        if "workload" in r and r.get("impl") in IMPLS:
+        if _compared(r, IMPLS):
             continue
         name = r.get("name") or f"{r.get('workload', '?')} [{r.get('impl', '?')}]"
         extra = {k: v for k, v in r.items() if k not in ("name", "workload", "impl", "seconds", "times")
@@ -114,6 +119,13 @@ def other_table(rows: list[dict]) -> str:
         details = ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in extra.items())
         lines.append(f"| {name} | {_fmt(r.get('seconds'))} | {details} |")
     return "\n".join(lines)
+
+
+def _write(path: pathlib.Path, results: dict) -> None:
+    """Results so far, after every module: a crash later (or in printing) loses no measurement."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
 
 
 def main(argv=None) -> int:
@@ -128,10 +140,14 @@ def main(argv=None) -> int:
 
     info = machine_info()
     ceiling = matmul_ceiling(1024 if args.quick else 2048)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{info['machine'] or 'machine'}{'-quick' if args.quick else ''}.json"
     results = {}
     for name in discover([s for s in args.only.split(",") if s]):
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results[name] = run_module(name, args.quick, args.timeout)
+        _write(path, {"machine": info, "ceiling": ceiling, "quick": args.quick, "modules": results})
     rows = [r for res in results.values() for r in res.get("rows", [])]
     ceiling_gf = ceiling["jax_gflops_per_s"]
     print(f"## minicnn benchmarks on {info['cpu']} ({info['cores']} cores), "
@@ -148,13 +164,6 @@ def main(argv=None) -> int:
     for name, res in results.items():
         if "error" in res:
             print(f"\n**{name} failed**: {res['error']}")
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{info['machine'] or 'machine'}{'-quick' if args.quick else ''}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"machine": info, "ceiling": ceiling, "quick": args.quick,
-                               "modules": results}, indent=1, default=str))
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
     print(f"\nwrote {path}", file=sys.stderr)
     return 0 if all("error" not in r for r in results.values()) else 1
 

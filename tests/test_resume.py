@@ -174,3 +174,41 @@ def test_the_checkpoint_records_the_data_seed_and_a_resume_with_another_warns(tm
     resumed = _trainer().load(path)
     with pytest.warns(UserWarning, match="data's seed is 4, the checkpoint's run used 3"):
         resumed.fit(from_arrays(x / np.float32(255), y, batch_size=5, seed=4), epochs=2, initial_epoch=1, verbose=0)
+
+
+def test_save_freq_saves_every_n_batches_as_keras_names_them_and_resumes_mid_epoch(tmp_path):
+    """``ModelCheckpoint(save_freq=2)``: the files real Keras 3 writes for the same run (12 images, batch 5: 3
+    batches per epoch, counted across epochs), and a fresh trainer resumed from a mid-epoch one ends bit-identical."""
+    keras = pytest.importorskip("keras", reason="Keras 3 is the reference ([test] extra)")
+    from minicnn.train import ModelCheckpoint
+    x, y = _images()
+    kmodel = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    kmodel.compile("sgd", "mse")
+    kdir = tmp_path / "keras"
+    kdir.mkdir()
+    kmodel.fit(x / 255.0, y, batch_size=5, epochs=2, verbose=0, shuffle=False, callbacks=[
+        keras.callbacks.ModelCheckpoint(str(kdir / "{epoch}-{batch}.weights.h5"), save_weights_only=True, save_freq=2)])
+    expected = sorted(p.name.removesuffix(".weights.h5") for p in kdir.iterdir())
+    assert expected == ["1-2", "2-1", "2-3"]
+
+    def data():
+        return from_arrays(x / np.float32(255), y, batch_size=5, seed=3)
+
+    full = _trainer()
+    full.fit(data(), epochs=2, seed=0, verbose=0,
+             callbacks=[ModelCheckpoint(tmp_path / "ckpt" / "{epoch}-{batch}", save_freq=2)])
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == expected
+    resumed = _trainer().load(tmp_path / "ckpt" / "2-1")  # saved after the first batch of the second epoch
+    assert resumed.epoch == 1
+    resumed.fit(data(), epochs=2, initial_epoch=resumed.epoch, seed=0, verbose=0)
+    for a, b in zip(_params(full), _params(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_save_freq_refusals():
+    from minicnn.train import ModelCheckpoint
+    for bad in ("batch", 0, -2, True, 1.5):
+        with pytest.raises(ValueError, match="Unrecognized save_freq"):
+            ModelCheckpoint("ckpt", save_freq=bad)
+    with pytest.raises(ValueError, match="the kept steps are epochs"):
+        ModelCheckpoint("ckpt", save_freq=2, max_to_keep=3)

@@ -165,6 +165,11 @@ class ModelCheckpoint(_Monitor):
     """Save the whole train state (``trainer.save``) after each epoch to ``filepath``, formatted
     with ``epoch`` (1-based) and the logs: ``"ckpt/{epoch:02d}-{val_loss:.3f}"``.
 
+    ``save_freq``: ``"epoch"``, or an int N to save after every N batches (counted across epochs,
+    as Keras does), the path formatted with ``batch`` (1-based within the epoch) too and the batch
+    logs (running means): ``"ckpt/{epoch}-{batch}"``. A checkpoint saved mid-epoch records fit's data
+    position: ``Trainer(...).load(path)`` then ``fit(..., initial_epoch=trainer.epoch)`` continues exactly.
+
     ``save_best_only`` saves only when ``monitor`` improves. A non-finite ``loss`` is never saved,
     so the last good checkpoint survives a divergence.
 
@@ -177,9 +182,18 @@ class ModelCheckpoint(_Monitor):
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, mode="auto",
-                 initial_value_threshold=None, max_to_keep=None, keep_best=None, async_save=True):
+                 initial_value_threshold=None, save_freq="epoch", max_to_keep=None, keep_best=None,
+                 async_save=True):
         super().__init__(monitor, mode, 0.0)
+        if save_freq != "epoch" and not (isinstance(save_freq, int) and not isinstance(save_freq, bool)
+                                         and save_freq > 0):
+            raise ValueError(f"Unrecognized save_freq: {save_freq!r}. Expected 'epoch' or a positive integer "
+                             f"(save every N batches)")
+        if save_freq != "epoch" and (max_to_keep is not None or keep_best is not None):
+            raise ValueError(f"ModelCheckpoint(save_freq={save_freq}) with max_to_keep=/keep_best=: the kept steps "
+                             f"are epochs; use save_freq='epoch', or a filepath with {{epoch}} and {{batch}}")
         self.filepath, self.verbose, self.save_best_only = str(filepath), verbose, save_best_only
+        self.save_freq, self._epoch, self._batches_since_save = save_freq, 0, 0
         self.best = initial_value_threshold
         self.max_to_keep, self.keep_best, self.async_save, self.manager = max_to_keep, keep_best, async_save, None
         if (max_to_keep is not None or keep_best is not None) and "{" in self.filepath:
@@ -197,13 +211,28 @@ class ModelCheckpoint(_Monitor):
             self.manager.close()
             self.manager = None
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches_since_save += 1
+        if self._batches_since_save >= self.save_freq:
+            self._batches_since_save = 0
+            self._save(self._epoch, batch, {k: float(v) for k, v in (logs or {}).items()})
+
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
+        if self.save_freq == "epoch":
+            self._save(epoch, None, logs or {})
+
+    def _save(self, epoch, batch, logs):
+        fields = {"epoch": epoch + 1} if batch is None else {"epoch": epoch + 1, "batch": batch + 1}
         try:
-            path = self.filepath.format(epoch=epoch + 1, **logs)
+            path = self.filepath.format(**fields, **logs)
         except KeyError as e:
             raise KeyError(f"ModelCheckpoint filepath {self.filepath!r} names {e}, which is not in the logs "
-                           f"(available: epoch, {', '.join(logs)})") from None
+                           f"(available: {', '.join([*fields, *logs])})") from None
         if not math.isfinite(logs.get("loss", 0.0)):
             warnings.warn(f"Epoch {epoch + 1}: loss is {logs['loss']}; not saving {path}", stacklevel=2)
             return

@@ -8,10 +8,6 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import json
-import subprocess
-import sys
-
 import h5py
 import jax
 import numpy as np
@@ -31,26 +27,6 @@ from minicnn.transfer.recipes import fine_tune_inception_v3  # noqa: E402
 from minicnn.weights import port_file, pretrained_variables  # noqa: E402
 
 SIZE, CLASSES = 75, 10  # Keras' minimum input: 1x1x2048 after mixed10
-
-FRESH_KERAS = """
-import json, keras, numpy as np
-m = keras.applications.InceptionV3(weights=None, input_shape=(75, 75, 3))  # names and counts: any size
-for layer in m.layers[:249]:
-    layer.trainable = False
-print(json.dumps({"names": [l.name for l in m.layers], "kinds": [type(l).__name__ for l in m.layers],
-                  "total": m.count_params(),
-                  "trainable": int(sum(np.prod(w.shape) for w in m.trainable_weights))}))
-"""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fresh_keras():
-    """Keras' own InceptionV3 in a new interpreter: its auto names depend on the session's counters.
-    Started with the module and read by its last test, so it runs while the other tests do."""
-    proc = subprocess.Popen([sys.executable, "-c", FRESH_KERAS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "KERAS_BACKEND": "jax"}, text=True)
-    yield lambda: json.loads(proc.communicate(timeout=300)[0])
-    proc.kill()
 
 
 def images(n=1, size=SIZE, seed=0):
@@ -203,16 +179,21 @@ def test_the_lectures_recipe_runs_both_phases(tmp_path):
     assert trainable == (13163880 - 2049000) + (2048 * 1024 + 1024) + (1024 * 2 + 2)
 
 
-def test_layers_counts_and_keras_indices_match_a_fresh_keras_session(fresh_keras):
-    model = InceptionV3()
+def test_layers_counts_and_keras_indices_match_a_fresh_keras_session(keras_top):
+    """keras_top was built right after ``clear_session()``: its auto names are a fresh session's."""
+    kmodel = keras_top["model"]
+    model = InceptionV3(classes=CLASSES)
     variables = inspector.abstract_variables(model, (SIZE, SIZE, 3))
     infos = inspector.layer_infos(model, variables, (SIZE, SIZE, 3))
-    ref = fresh_keras()
-    assert keras_layers(model, variables, (SIZE, SIZE, 3)) == ref["names"]
-    assert ["InputLayer", *(i.kind.__name__ for i in infos)] == ref["kinds"]
-    assert ref["names"][249] == "conv2d_80" == minicnn.models.architecture("inception_v3").unfreeze_from
+    assert keras_layers(model, variables, (SIZE, SIZE, 3)) == [layer.name for layer in kmodel.layers]
+    assert ["InputLayer", *(i.kind.__name__ for i in infos)] == [type(layer).__name__ for layer in kmodel.layers]
+    assert kmodel.layers[249].name == "conv2d_80" == minicnn.models.architecture("inception_v3").unfreeze_from
     mask = trainable_mask(variables, from_index=249, model=model, input_shape=(SIZE, SIZE, 3))
     total, trainable, _ = minicnn.count_params(variables, mask)
-    assert (total, trainable) == (ref["total"], ref["trainable"]) == (23851784, 13163880)
-    table = minicnn.summary(model, (SIZE, SIZE, 3), print_fn=None, show_index=True)
+    # Keras' counts for the lecture's ``for layer in model.layers[:249]: layer.trainable = False``
+    keras_trainable = sum(int(np.prod(w.shape)) for layer in kmodel.layers[249:] for w in layer.trainable_weights)
+    assert (total, trainable) == (kmodel.count_params(), keras_trainable)
+    # with Keras' 1000 classes: the README's model table (2048 * (1000 - CLASSES) more weights and biases)
+    assert total + 2049 * (1000 - CLASSES) == 23851784 and trainable + 2049 * (1000 - CLASSES) == 13163880
+    table = minicnn.summary(InceptionV3(), (SIZE, SIZE, 3), print_fn=None, show_index=True)
     assert "249  conv2d_80 (Conv2D)" in table and "0    input_layer (InputLayer)" in table

@@ -522,9 +522,11 @@ class Trainer:
         return logs["loss"] if len(logs) == 1 else [logs["loss"], *(logs[k] for k in self.metric_fns)]
 
     def _evaluate_logs(self, x, y, batch_size, steps, sample_weight) -> dict:
-        """``{"loss": .., name: ..}`` over the data: weighted sums per batch (padding weighs 0), then means."""
+        """``{"loss": .., name: ..}`` over the data: weighted sums per batch (padding weighs 0), then means.
+        The per-batch sums stay on the device until the end (no sync per batch) and are added on the host in
+        batch order: adding them on the device would compile two small eager programs in every new process."""
         data = _as_batches(x, y, batch_size, "evaluate", sample_weight=sample_weight)
-        sums, count, size = None, 0, None
+        outs, count, size = [], 0, None
         for i, (xb, yb, *wb) in enumerate(data):
             if steps is not None and i >= steps:
                 break
@@ -538,11 +540,13 @@ class Trainer:
                                                  *(_pad(w, size) for w in wb), pad=True)
             out = self._eval_step({"params": self.state["params"], "batch_stats": self.state["batch_stats"]},
                                   (xd, yd, *swd), wd)
-            sums = out if sums is None else {k: sums[k] + out[k] for k in out}
+            outs.append(out)
             count += n * parallel.process_count(self.mesh)  # the sums are over every process's slice
-        if sums is None:
+        if not outs:
             raise ValueError("evaluate: the data yielded no batches")
-        return {k: float(v) for k, v in self._results({k: v / count for k, v in sums.items()}).items()}
+        outs = jax.device_get(outs)
+        sums = {k: sum((out[k] for out in outs[1:]), outs[0][k]) for k in outs[0]}
+        return {k: float(v) for k, v in self._results({k: v / np.float32(count) for k, v in sums.items()}).items()}
 
     def predict(self, x, *, batch_size: int | None = None, steps: int | None = None) -> np.ndarray:
         """Model outputs (inference mode) for an array ``x`` (N, ...) or an iterable of batches

@@ -109,6 +109,7 @@ def _architecture(name: str, weights: str | None, include_top: bool) -> Loaded:
     import jax
     import jax.numpy as jnp
 
+    from minicnn import ops
     from minicnn.models import architecture, mnist_convnet, small_convnet
     from minicnn.weights import pretrained
     arch = architecture(name)
@@ -127,7 +128,7 @@ def _architecture(name: str, weights: str | None, include_top: bool) -> Loaded:
         shape = model.input_shape
     x = jnp.zeros((1, *shape))
     if weights == "none":
-        variables = jax.jit(model.init)(jax.random.key(0), x)
+        variables = ops.jit(model.init, run_once=True)(jax.random.key(0), x)  # compiled once, run once
     else:
         variables = _checkpoint(weights, model, x, name)
     return Loaded(model, variables, lambda x: x, shape[0], channels=shape[-1])
